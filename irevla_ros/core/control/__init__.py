@@ -1,0 +1,1 @@
+"""Command handling shared by nodes: the teleop/policy command mux (ROS-free)."""
