@@ -1,0 +1,1 @@
+"""Episode store, dataset format, manifests, signing, spool transport and the wire codec."""

@@ -1,0 +1,110 @@
+"""The light action head iRe-VLA puts on the VLM: a token learner + MLP producing continuous 7-D actions.
+
+TokenLearner (Ryoo et al., 2021) pools the backbone's variable token set into a few learned tokens with
+spatial attention maps; an MLP maps them to a tanh-squashed Gaussian (SAC/PPO) whose tanh(mean) is the
+deterministic evaluation action. The head is the only part stage-1 RL trains, so it must be small, cheap and
+self-contained: it takes feature tokens [B, T, D] and nothing else from the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from irevla_ros.interfaces import ACTION_DIM
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class HeadConfig:
+    feature_dim: int = 64
+    """Width D of the backbone's output tokens."""
+    num_learned_tokens: int = 8
+    hidden_dim: int = 256
+    proprio_dim: int = 0
+    """Robot state appended after pooling (0 = images + language only, as in the paper)."""
+    action_dim: int = ACTION_DIM
+
+    def __post_init__(self) -> None:
+        for name in ("feature_dim", "num_learned_tokens", "hidden_dim", "action_dim"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"HeadConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.proprio_dim < 0:
+            raise ValueError(f"HeadConfig.proprio_dim must be >= 0, got {self.proprio_dim!r}")
+
+
+class TokenLearner(nn.Module):
+    """S learned attention maps over the T input tokens -> S output tokens."""
+
+    def __init__(self, dim: int, num_tokens: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_tokens))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(tokens)
+        logits = self.attention(x)  # [B, T, S]
+        if mask is not None:
+            logits = logits.masked_fill(~mask[..., None], float("-inf"))
+        weights = logits.softmax(dim=1)
+        return torch.einsum("bts,btd->bsd", weights, x)
+
+
+class ActionHead(nn.Module):
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        self.token_learner = TokenLearner(config.feature_dim, config.num_learned_tokens)
+        in_dim = config.feature_dim * config.num_learned_tokens + config.proprio_dim
+        self.trunk = nn.Sequential(
+            nn.Linear(in_dim, config.hidden_dim), nn.LayerNorm(config.hidden_dim), nn.GELU(),
+            nn.Linear(config.hidden_dim, config.hidden_dim), nn.GELU(),
+        )
+        self.mean = nn.Linear(config.hidden_dim, config.action_dim)
+        self.log_std = nn.Linear(config.hidden_dim, config.action_dim)
+
+    def embed(self, features: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = self.token_learner(features.to(self.mean.weight.dtype)).flatten(1)
+        if self.config.proprio_dim:
+            if proprio is None:
+                raise ValueError(f"this head expects proprio of size {self.config.proprio_dim}")
+            pooled = torch.cat([pooled, proprio.to(pooled.dtype)], dim=-1)
+        return self.trunk(pooled)
+
+    def forward(self, features: torch.Tensor, proprio: torch.Tensor | None = None):
+        """Pre-tanh Gaussian parameters (mean, log_std)."""
+        h = self.embed(features, proprio)
+        log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.mean(h), log_std
+
+    def deterministic(self, features: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """Evaluation action in [-1, 1]."""
+        mean, _ = self(features, proprio)
+        return torch.tanh(mean)
+
+    def sample(self, features: torch.Tensor, proprio: torch.Tensor | None = None):
+        """Reparameterised sample: (action in [-1, 1], log_prob [B], tanh(mean))."""
+        mean, log_std = self(features, proprio)
+        std = log_std.exp()
+        pre = mean + std * torch.randn_like(mean)
+        action = torch.tanh(pre)
+        return action, self._log_prob(pre, mean, log_std), torch.tanh(mean)
+
+    def log_prob(self, features: torch.Tensor, action: torch.Tensor,
+                 proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """log pi(action | features) for actions in (-1, 1) (PPO ratios, behaviour cloning)."""
+        mean, log_std = self(features, proprio)
+        clipped = action.clamp(-1 + 1e-6, 1 - 1e-6)
+        return self._log_prob(torch.atanh(clipped), mean, log_std)
+
+    @staticmethod
+    def _log_prob(pre: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        gauss = -0.5 * (((pre - mean) / log_std.exp()) ** 2) - log_std - 0.5 * math.log(2 * math.pi)
+        # tanh change of variables, numerically stable form of log(1 - tanh(x)^2)
+        squash = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
+        return (gauss - squash).sum(-1)
