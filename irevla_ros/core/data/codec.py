@@ -47,6 +47,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_TENSOR_FIELDS = ("features", "action", "proprio", "images")
+
+
 @dataclass
 class Transition:
     """One control step as the learner and the packager see it.
@@ -68,6 +71,11 @@ class Transition:
     policy_version: str = "0"
     task: str = ""
     proprio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), dtype=np.uint8))
+    """uint8 [cameras, H, W, 3]: the exact frames the policy saw (the packager stores them for SFT).
+    Empty when the policy node's `transition_images` parameter is off."""
+    cameras: str = ""
+    """Comma-separated camera names, in the order of `images`."""
 
     def validate(self) -> None:
         if self.features.ndim != 2 or self.features.size == 0:
@@ -79,27 +87,30 @@ class Transition:
                 raise PayloadError(f"transition {name} contains NaN/inf")
         if not np.isfinite([self.log_prob, self.reward]).all():
             raise PayloadError("transition log_prob/reward is NaN/inf")
+        if self.images.size and (self.images.ndim != 4 or self.images.shape[-1] != 3):
+            raise PayloadError(f"images must be uint8 [cameras, H, W, 3], got {self.images.shape}")
         if self.step < 0:
             raise PayloadError(f"step must be >= 0, got {self.step}")
 
     def to_bytes(self) -> bytes:
         self.validate()
-        meta = {k: v for k, v in asdict(self).items() if k not in ("features", "action", "proprio")}
+        meta = {k: v for k, v in asdict(self).items() if k not in _TENSOR_FIELDS}
         return encode("transition", {
             "features": self.features.astype(np.float16),
             "action": self.action.astype(np.float32),
             "proprio": self.proprio.astype(np.float32),
+            "images": self.images.astype(np.uint8),
         }, meta)
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Transition:
         tensors, meta = decode(payload, "transition")
         meta.pop("kind")
-        missing = {"features", "action", "proprio"} - set(tensors)
+        missing = set(_TENSOR_FIELDS) - set(tensors)
         if missing:
             raise PayloadError(f"transition lacks tensors {sorted(missing)}")
         try:
-            t = cls(features=tensors["features"], action=tensors["action"], proprio=tensors["proprio"], **meta)
+            t = cls(**{k: tensors[k] for k in _TENSOR_FIELDS}, **meta)
         except TypeError as exc:
             raise PayloadError(f"transition metadata does not match the schema: {exc}") from exc
         t.validate()
