@@ -27,6 +27,13 @@ class LaunchArg:
 
 
 @dataclass(frozen=True)
+class ShareFile:
+    """A parameter whose value is the text of a file in the package share folder (e.g. robot_description)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class LaunchArgSpec:
     name: str
     default: str
@@ -53,6 +60,8 @@ class NodeSpec:
     required: bool = True
     """If a required process exits, the whole graph is shut down (runner: non-zero exit naming it)."""
     kind: str = "node"
+    package: str = PACKAGE
+    """Nodes of other packages (robot_state_publisher, rviz2) run only under ros2 launch on a full install."""
 
 
 SIM_CHOICES = ("none", "faithful", "fast")
@@ -67,6 +76,7 @@ COMMON_ARGS: tuple[LaunchArgSpec, ...] = (
     LaunchArgSpec("teleop", "none", "Teleoperation device", ("none", "keyboard", "spacemouse")),
     LaunchArgSpec("web", "false", "Start the Foxglove live view on localhost", ("true", "false")),
     LaunchArgSpec("algorithm", "sac", "Stage-1 learner", ("sac", "ppo")),
+    LaunchArgSpec("rviz", "false", "Start robot_state_publisher + rviz2 (full ROS 2 installs only)", ("true", "false")),
 )
 
 
@@ -106,10 +116,19 @@ def _teleop(args: Mapping[str, str], *, required: bool) -> list[NodeSpec]:
     return nodes
 
 
-def _web(args: Mapping[str, str]) -> list[NodeSpec]:
-    if not _is_true(args["web"]):
-        return []
-    return [NodeSpec("foxglove_bridge", "foxglove_bridge", ("foxglove_bridge.yaml",), required=False)]
+def _monitoring(args: Mapping[str, str]) -> list[NodeSpec]:
+    """Live views: Foxglove bridge (ours, runs anywhere) and rviz2 (needs a full ROS 2 install)."""
+    nodes = []
+    if _is_true(args["web"]):
+        nodes.append(NodeSpec("foxglove_bridge", "foxglove_bridge", ("foxglove_bridge.yaml",), required=False))
+    if _is_true(args["rviz"]):
+        nodes += [
+            NodeSpec("robot_state_publisher", "robot_state_publisher", package="robot_state_publisher",
+                     parameters={"robot_description": ShareFile("urdf/panda.urdf")}, required=False),
+            NodeSpec("rviz2", "rviz2", package="rviz2", arguments=("-d", ShareFile("config/irevla.rviz").path),
+                     required=False),
+        ]
+    return nodes
 
 
 def online_rl(args: Mapping[str, str]) -> list[NodeSpec]:
@@ -127,7 +146,7 @@ def online_rl(args: Mapping[str, str]) -> list[NodeSpec]:
         NodeSpec("packager_node", "packager_node", ("packager_node.yaml",) + simp, {"run_dir": run_dir}),
     ]
     nodes += _teleop(args, required=False)
-    nodes += _web(args)
+    nodes += _monitoring(args)
     if args["sim"] != "none":
         # In simulation the "offboard" SFT worker runs locally; on a real setup it runs on the GPU server.
         nodes.append(NodeSpec("sft_worker", "irevla", kind="process", required=False,
@@ -143,14 +162,14 @@ def teleop_demos(args: Mapping[str, str]) -> list[NodeSpec]:
                      required=True)
     nodes.append(NodeSpec("packager_node", "packager_node", ("packager_node.yaml",) + simp,
                           {"run_dir": LaunchArg("run_dir"), "episode_source": "teleop"}))
-    nodes += _web(args)
+    nodes += _monitoring(args)
     return nodes
 
 
 def replay(args: Mapping[str, str]) -> list[NodeSpec]:
     """Play a recorded bag into the graph (with /clock) and watch it; nodes use sim time."""
     nodes = [NodeSpec("bag_player", "bag_player", ("bag_player.yaml",), {"bag": LaunchArg("bag")})]
-    nodes += _web({**args, "web": "true"})
+    nodes += _monitoring({**args, "web": "true"})
     return nodes
 
 
@@ -218,20 +237,29 @@ def build(profile_name: str, given: Mapping[str, str] | None = None) -> tuple[li
 
 
 def substitute(value: object, args: Mapping[str, str]) -> object:
-    return args[value.name] if isinstance(value, LaunchArg) else value
+    if isinstance(value, LaunchArg):
+        return args[value.name]
+    if isinstance(value, ShareFile):
+        return (share_dir() / value.path).read_text()
+    return value
 
 
-def config_dir() -> Path:
-    """The config/ folder: the installed share/irevla_ros/config, else the source tree's."""
-    source = Path(__file__).resolve().parent.parent / "config"
-    if source.is_dir():
+def share_dir() -> Path:
+    """The package's data: the source tree when running from a checkout / editable install, else the installed
+    share/irevla_ros (colcon)."""
+    source = Path(__file__).resolve().parent.parent
+    if (source / "config").is_dir() and (source / "package.xml").is_file():
         return source
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory(PACKAGE)) / "config"
+        return Path(get_package_share_directory(PACKAGE))
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-        raise FileNotFoundError(f"cannot find the {PACKAGE} config folder (not in {source}, no ament index)") from exc
+        raise FileNotFoundError(f"cannot find the {PACKAGE} share folder (not in {source}, no ament index)") from exc
+
+
+def config_dir() -> Path:
+    return share_dir() / "config"
 
 
 def parameter_file_paths(node: NodeSpec, args: Mapping[str, str]) -> list[Path]:
