@@ -1,0 +1,87 @@
+"""teleop_node: a human drives the arm through the same 7-D command interface as the policy.
+
+Polls a device (terminal keyboard, SpaceMouse, or the scripted stand-in used by tests) at `rate_hz`, publishes
+/teleop/action (Float64MultiArray, in [-1, 1]) while the human moves or toggles the gripper (cmd_mux gives it
+priority and flags the intervention), and /reward/human_label (String) for success / failure / discard / reset.
+In demo recording (`publish_episode_events`) it also publishes episode start/end on /policy/episode.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from rclpy.node import Node
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from irevla_ros import interfaces as itf
+from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS, LATCHED_QOS, declare_config, spin_node, to_float64_array
+from irevla_ros.teleop import DemoEpisodes, TeleopConfig, TeleopMapper, make_device
+
+PARAMETERS = TeleopConfig
+
+
+class TeleopNode(Node):
+    def __init__(self) -> None:
+        super().__init__("teleop_node")
+        self.config = declare_config(self, TeleopConfig)
+        self.mapper = TeleopMapper(self.config)
+        self.device = make_device(self.config)
+        self.device.open()
+        if self.device.help():
+            self.get_logger().info(self.device.help())
+        self.instruction = ""
+        self.episodes = DemoEpisodes() if self.config.publish_episode_events else None
+        self.action_pub = self.create_publisher(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS)
+        self.label_pub = self.create_publisher(String, itf.HUMAN_LABEL.name, DATA_QOS)
+        self.episode_pub = self.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)
+        self.create_subscription(String, itf.INSTRUCTION.name, self.instruction_callback, LATCHED_QOS)
+        self.reset_clients = [self.create_client(Trigger, name) for name in self.config.reset_services]
+        self.timer = self.create_timer(1.0 / self.config.rate_hz, self.tick_callback)
+
+    def instruction_callback(self, msg: String) -> None:
+        self.instruction = msg.data
+
+    def tick_callback(self) -> None:
+        now = self.get_clock().now().nanoseconds * 1e-9
+        out = self.mapper.update(self.device.poll(now))
+        if out.action is not None:
+            if self.episodes is not None:
+                self._publish_episodes(self.episodes.on_command(self.instruction))
+            self.action_pub.publish(to_float64_array(out.action, label=",".join(itf.ACTION_LABELS)))
+        for label in out.labels:
+            self.get_logger().info(f"human label: {label}")
+            self.label_pub.publish(String(data=label))
+            if self.episodes is not None:
+                self._publish_episodes(self.episodes.on_label(label, self.instruction))
+            if label == "reset":
+                self._call_resets()
+
+    def _publish_episodes(self, events) -> None:
+        for event in events:
+            self.episode_pub.publish(String(data=json.dumps(asdict(event), sort_keys=True)))
+
+    def _call_resets(self) -> None:
+        for client in self.reset_clients:
+            if not client.service_is_ready():
+                self.get_logger().warning(f"reset service {client.srv_name} is not available")
+                continue
+            future = client.call_async(Trigger.Request())
+            future.add_done_callback(lambda f, name=client.srv_name: self._reset_done(name, f))
+
+    def _reset_done(self, name: str, future) -> None:
+        result = future.result()
+        if result is None or not result.success:
+            self.get_logger().warning(f"reset via {name} failed: {getattr(result, 'message', 'no reply')}")
+
+    def close(self) -> None:
+        self.device.close()
+
+
+def main(args=None) -> int:
+    return spin_node(TeleopNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
