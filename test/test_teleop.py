@@ -54,7 +54,7 @@ def test_gripper_toggles_on_each_press_and_labels_pass_through():
     ({"device": "joystick"}, "device"),
     ({"device": "scripted"}, "script"),
     ({"spacemouse_buttons": ("gripper", "launch")}, "spacemouse_buttons"),
-    ({"reset_services": ("franka/reset",)}, "reset_services"),
+    ({"reset_services": "/franka/reset,sim/reset"}, "reset_services"),
     ({"rate_hz": 0.0}, "rate_hz"),
 ])
 def test_config_rejects_bad_values(kwargs, match):

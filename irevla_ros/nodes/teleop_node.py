@@ -37,7 +37,7 @@ class TeleopNode(Node):
         self.label_pub = self.create_publisher(String, itf.HUMAN_LABEL.name, DATA_QOS)
         self.episode_pub = self.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)
         self.create_subscription(String, itf.INSTRUCTION.name, self.instruction_callback, LATCHED_QOS)
-        self.reset_clients = [self.create_client(Trigger, name) for name in self.config.reset_services]
+        self.reset_clients = [self.create_client(Trigger, name) for name in self.config.reset_service_names]
         self.timer = self.create_timer(1.0 / self.config.rate_hz, self.tick_callback)
 
     def instruction_callback(self, msg: String) -> None:

@@ -64,8 +64,9 @@ class TeleopConfig:
     """SpaceMouse mode: the logical button for each device button index (gripper, success, failure, ...)."""
     script: str = ""
     """Scripted mode: a JSON list of {"duration_s", "axes": [6], "events": [...]}, inline or a file path."""
-    reset_services: tuple[str, ...] = ()
-    """std_srvs/Trigger services called when the human presses reset (e.g. /franka/reset, /sim/reset)."""
+    reset_services: str = ""
+    """Comma-separated std_srvs/Trigger services called when the human presses reset (e.g.
+    "/franka/reset,/sim/reset"). A string, not a list: an empty list default gets no ROS parameter type."""
     publish_episode_events: bool = False
     """Demo recording: this node runs the episodes (start on first motion, end on a label) and publishes them
     on interfaces.EPISODE_EVENT. Off during RL, where the policy node runs the episodes."""
@@ -90,11 +91,16 @@ class TeleopConfig:
         bad = [b for b in self.spacemouse_buttons if b not in BUTTONS]
         if bad:
             raise ValueError(f"spacemouse_buttons has unknown button(s) {bad}; known: {list(BUTTONS)}")
-        bad = [s for s in self.reset_services if not s.startswith("/")]
+        bad = [s for s in self.reset_service_names if not s.startswith("/")]
         if bad:
             raise ValueError(f"reset_services must be absolute service names, got {bad}")
         if self.device == "scripted" and not self.script:
             raise ValueError("device 'scripted' needs the `script` parameter (JSON list or file path)")
+
+
+    @property
+    def reset_service_names(self) -> list[str]:
+        return [s.strip() for s in self.reset_services.split(",") if s.strip()]
 
 
 @dataclass
