@@ -1,0 +1,245 @@
+"""`irevla sft-worker --spool URL`: the offboard SFT worker (no ROS needed).
+
+Loop: claim a job (exclusive lease) -> download + verify it (HMAC signature, sha256 of every file) -> fetch and
+verify the base model -> fine-tune (LoRA on the backbone + the head; full fine-tuning for stage 0 on a random-init
+model) -> validate on the held-out episodes -> upload the signed result (model folder with adapter + head
+safetensors, metrics, tensorboard logs) -> close the job. A heartbeat thread renews the lease; a worker that dies
+leaves a lease that expires, and the next worker takes the job over from the start.
+
+One GPU or CPU: `irevla sft-worker --spool URL`. Several GPUs: `accelerate launch -m irevla_ros.core.sft.worker
+--spool URL ...`: rank 0 claims and downloads, every rank trains (DDP), rank 0 publishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from irevla_ros.core.data.signing import SignatureError, load_or_create_key, verify_local_bundle
+from irevla_ros.core.data.spool import Lease, Spool, worker_name
+
+LOG = logging.getLogger("irevla.sft_worker")
+DEFAULT_KEY = "~/.config/irevla/sft_hmac.key"
+DEFAULT_WORK_DIR = "~/.cache/irevla/sft-worker"
+
+
+class JobRejected(ValueError):
+    """The job cannot be trained (bad signature, wrong model, no data): closed as failed, never retried."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spool", required=True, help="spool URL (file:///path, or sftp://, s3://... with the "
+                        "fsspec driver installed); a plain path means file://")
+    parser.add_argument("--key", default=os.environ.get("IREVLA_SFT_KEY", DEFAULT_KEY),
+                        help="shared HMAC key file (the packager's key_file; created 0600 if missing)")
+    parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="local cache for jobs, base models, results")
+    parser.add_argument("--once", action="store_true", help="process at most one job, then exit")
+    parser.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0 = no limit)")
+    parser.add_argument("--idle-exit-s", type=float, default=0.0,
+                        help="exit after this long without a job (0 = wait forever)")
+    parser.add_argument("--poll-s", type=float, default=2.0, help="how often to look for jobs")
+    parser.add_argument("--lease-s", type=float, default=120.0,
+                        help="a job whose worker is silent this long is taken over by another worker")
+    parser.add_argument("--heartbeat-s", type=float, default=10.0, help="lease renewal period")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an SFT setting of every job (e.g. --set steps=50 --set mode=lora); "
+                             "see irevla_ros/core/sft/train.py:SFTConfig")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+class _Heartbeat:
+    def __init__(self, spool: Spool, lease: Lease, period: float):
+        self.spool, self.lease, self.period = spool, lease, period
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sft-heartbeat")
+
+    def __enter__(self):
+        self.spool.heartbeat(self.lease)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                if not self.spool.heartbeat(self.lease):
+                    self.lost = True
+                    return
+            except Exception as exc:  # noqa: BLE001 - a flaky network must not kill training; the lease decides
+                LOG.warning("heartbeat failed: %s", exc)
+
+    def alive(self) -> bool:
+        return not self.lost
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _load_base_model(spool: Spool, body: dict, work: Path, key: bytes):
+    from irevla_ros.core.model.vla import ModelFolderError, VLAModel
+
+    base = body.get("base_model")
+    if not isinstance(base, dict):
+        raise JobRejected("the job names no base_model")
+    if "spool_path" in base:
+        model_id = str(base.get("id") or Path(base["spool_path"]).name)
+        local = work / "models" / model_id
+        try:
+            if local.exists():
+                verify_local_bundle(local, key, kind="model")
+            else:
+                raise SignatureError("not cached")
+        except SignatureError:
+            spool.fetch_model(base["spool_path"], local)
+        try:
+            return VLAModel.from_pretrained(local)
+        except ModelFolderError as exc:
+            raise JobRejected(f"base model {base['spool_path']}: {exc}") from exc
+    if "preset" in base:
+        try:
+            return VLAModel.from_preset(str(base["preset"]), num_cameras=int(base.get("num_cameras", 1)),
+                                        head=base.get("head"), seed=int(base.get("seed", 0)))
+        except ValueError as exc:
+            raise JobRejected(f"base model preset: {exc}") from exc
+    raise JobRejected(f"base_model must name a spool_path or a preset, got {sorted(base)}")
+
+
+def process_job(spool: Spool, lease: Lease, work: Path, key: bytes, overrides: dict, *, heartbeat_s: float,
+                progress: bool = True) -> dict:
+    """Train one claimed job and publish its result. Returns the result body. Raises JobRejected / LeaseLost."""
+    import torch
+
+    from irevla_ros.core.model.vla import folder_sha256
+    from irevla_ros.core.sft.train import SFTConfig, StepDataset, load_job_episodes, train
+
+    job_dir = work / "jobs" / lease.job_id
+    try:
+        body = spool.fetch_job(lease, job_dir)
+    except SignatureError as exc:
+        raise JobRejected(str(exc)) from exc
+    LOG.info("job %s: stage %s, %d train / %d val episodes, target version %s", lease.job_id, body.get("stage"),
+             len(body.get("train", [])), len(body.get("val", [])), body.get("version"))
+    try:
+        sft_cfg = SFTConfig.from_overrides(SFTConfig(), {**body.get("sft", {}), **overrides})
+    except (TypeError, ValueError) as exc:
+        raise JobRejected(f"job SFT settings: {exc}") from exc
+    model = _load_base_model(spool, body, work, key)
+    cameras = list(body.get("cameras", []))
+    if len(cameras) != model.config.num_cameras:
+        raise JobRejected(f"the job has {len(cameras)} camera(s) {cameras}, the model takes "
+                          f"{model.config.num_cameras}")
+    try:
+        train_eps = load_job_episodes(job_dir, body["train"])
+        val_eps = load_job_episodes(job_dir, body["val"])
+        groups = body.get("groups", {})
+        train_set = StepDataset(train_eps, cameras, groups)
+        val_set = StepDataset(val_eps, cameras, groups)
+    except (KeyError, ValueError) as exc:
+        raise JobRejected(f"job data: {exc}") from exc
+    out = work / "results" / f"{lease.job_id}.{lease.gen}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    torch.manual_seed(sft_cfg.seed)
+    with _Heartbeat(spool, lease, heartbeat_s) as hb:
+        result = train(model, train_set, val_set, sft_cfg,
+                       expert_fraction=float(body.get("mix", {}).get("expert_fraction", 1.0)),
+                       log_dir=out / "logs", check_lease=hb.alive, progress=progress)
+        metrics = result.metrics
+        if not metrics["val_finite"]:
+            raise JobRejected("the fine-tuned model produces non-finite actions on held-out data")
+        version = str(body.get("version", ""))
+        model_sha = result.model.save_pretrained(out / "model", version=version)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        res_body = {"version": version, "stage": body.get("stage"), "iteration": body.get("iteration"),
+                    "metrics": {k: v for k, v in metrics.items() if k != "val_history"},
+                    "model_path": "model", "model_sha256": model_sha, "base_model": body.get("base_model")}
+        assert model_sha == folder_sha256(out / "model")
+        if not spool.publish_result(lease, out, res_body):
+            from irevla_ros.core.sft.train import LeaseLost
+
+            raise LeaseLost(f"job {lease.job_id}: lease lost before publishing")
+    LOG.info("job %s done: held-out action MSE %.4f -> %.4f (%d steps, %.1f samples/s)", lease.job_id,
+             metrics["val_mse_before"] or float("nan"), metrics["val_mse_after"] or float("nan"), metrics["steps"],
+             metrics["samples_per_s"])
+    shutil.rmtree(job_dir, ignore_errors=True)
+    return res_body
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    for name in ("lease_s", "heartbeat_s", "poll_s"):
+        if not getattr(args, name) > 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
+    if args.heartbeat_s >= args.lease_s:
+        raise SystemExit("--heartbeat-s must be shorter than --lease-s")
+    overrides = _parse_sets(args.set)
+    from irevla_ros.core.sft.train import LeaseLost, SFTConfig
+
+    try:
+        SFTConfig.from_overrides(SFTConfig(), overrides)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--set: {exc}") from exc
+    key = load_or_create_key(args.key)
+    url = args.spool if "://" in args.spool else f"file://{Path(args.spool).resolve()}"
+    spool = Spool(url, key, lease_s=args.lease_s)
+    work = Path(args.work_dir).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    me = worker_name()
+    done, idle_since = 0, time.monotonic()
+    LOG.info("worker %s watching %s", me, url)
+    while True:
+        lease = spool.claim(me)
+        if lease is None:
+            if args.idle_exit_s and time.monotonic() - idle_since > args.idle_exit_s:
+                LOG.info("idle for %.0f s, exiting", args.idle_exit_s)
+                return 0
+            time.sleep(args.poll_s)
+            continue
+        LOG.info("claimed %s (lease generation %d)", lease.job_id, lease.gen)
+        try:
+            process_job(spool, lease, work, key, overrides, heartbeat_s=args.heartbeat_s,
+                        progress=not args.no_progress)
+        except JobRejected as exc:
+            LOG.error("job %s rejected: %s", lease.job_id, exc)
+            spool.fail(lease, str(exc))
+        except LeaseLost as exc:
+            LOG.warning("%s", exc)
+        done += 1
+        idle_since = time.monotonic()
+        if args.once or (args.max_jobs and done >= args.max_jobs):
+            return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="irevla sft-worker", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
