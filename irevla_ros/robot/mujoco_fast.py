@@ -12,6 +12,7 @@ possible (the sim_world node advances one control period per received action).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before the first mujoco import (the cell's cameras render offscreen)
@@ -75,12 +76,15 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
 class MujocoFastRobot(Robot):
     """Robot over a World's (model, data). Owns stepping: call `advance(dt)` to move sim time forward.
 
+    teleport_resets: move_joints puts the arm at the goal at rest instead of sweeping it through the scene
+    (simulation episode resets; set False to simulate the joint motion).
     control_decimation: physics steps per controller update (1 = 1 kHz like libfranka; 2 = 500 Hz, the default,
     halves the Python cost per sim second with no visible change in tracking at 10 Hz commands).
     """
 
     def __init__(self, world: World, *, gains: ImpedanceGains | None = None,
-                 home: np.ndarray | tuple = HOME_JOINTS, control_decimation: int = 2):
+                 home: np.ndarray | tuple = HOME_JOINTS, control_decimation: int = 2,
+                 teleport_resets: bool = True):
         self.world = world
         self.gains = gains or ImpedanceGains()
         self.home = np.asarray(home, dtype=np.float64)
@@ -100,6 +104,8 @@ class MujocoFastRobot(Robot):
         if control_decimation < 1:
             raise ValueError(f"control_decimation must be >= 1, got {control_decimation}")
         self.control_decimation = int(control_decimation)
+        self.teleport_resets = bool(teleport_resets)
+        self.lock = threading.RLock()  # the sim loop and ROS callbacks (fast mode) share model/data
         self._J = np.zeros((6, 7))
         self._err = np.zeros(6)
         self._arm_block = np.ix_(world.arm_dof, world.arm_dof)
@@ -118,6 +124,10 @@ class MujocoFastRobot(Robot):
         self.hold()
 
     def read_state(self) -> RobotState:
+        with self.lock:
+            return self._read_state()
+
+    def _read_state(self) -> RobotState:
         w = self.world
         d = w.data
         width = w.gripper_width()
@@ -145,14 +155,17 @@ class MujocoFastRobot(Robot):
         n = np.linalg.norm(quaternion)
         if not 0.9 < n < 1.1:
             raise ValueError(f"move_ee_async: quaternion is not unit length (|q| = {n:.3f})")
-        self._target_pos = position.copy()
-        self._target_rot = _quat_xyzw_to_mat(quaternion / n)
-        self.tracking = True
+        rot = _quat_xyzw_to_mat(quaternion / n)
+        with self.lock:
+            self._target_pos = position.copy()
+            self._target_rot = rot
+            self.tracking = True
 
     def hold(self) -> None:
-        self._target_pos = self.world.tcp_position()
-        self._target_rot = self.world.tcp_rotation()
-        self.tracking = False
+        with self.lock:
+            self._target_pos = self.world.tcp_position()
+            self._target_rot = self.world.tcp_rotation()
+            self.tracking = False
 
     def move_joints(self, joints: np.ndarray, relative_speed: float = 0.2) -> None:
         """Joint-space move in sim time: a linear joint ramp (max 1 rad/s · relative_speed) tracked by PD."""
@@ -161,6 +174,14 @@ class MujocoFastRobot(Robot):
             raise ValueError(f"move_joints needs 7 finite joint angles, got {joints!r}")
         if not 0.0 < relative_speed <= 1.0:
             raise ValueError(f"relative_speed must be in (0, 1], got {relative_speed}")
+        if self.teleport_resets:
+            with self.lock:
+                self.teleport(joints, GRIPPER_MAX_WIDTH)
+            return
+        with self.lock:
+            self._ramp_joints(joints, relative_speed)
+
+    def _ramp_joints(self, joints: np.ndarray, relative_speed: float) -> None:
         start = self.world.arm_q()
         duration = max(0.3, float(np.max(np.abs(joints - start))) / (1.0 * relative_speed))
         n = int(duration / self.world.model.opt.timestep)
@@ -191,18 +212,20 @@ class MujocoFastRobot(Robot):
     # --- sim-only helpers ---------------------------------------------------------------------------------
     def teleport(self, joints: np.ndarray | tuple = HOME_JOINTS, gripper_width: float = GRIPPER_MAX_WIDTH) -> None:
         """Put the arm at `joints` at rest (episode resets in simulation; a real arm uses move_joints)."""
-        self.world.set_arm(np.asarray(joints, dtype=np.float64), gripper_width)
-        self.world.data.qfrc_applied[:] = 0.0
-        self.world.forward()
-        self._finger_goal = gripper_width
-        self.hold()
+        with self.lock:
+            self.world.set_arm(np.asarray(joints, dtype=np.float64), gripper_width)
+            self.world.data.qfrc_applied[:] = 0.0
+            self.world.forward()
+            self._finger_goal = gripper_width
+            self.hold()
 
     def advance(self, seconds: float) -> None:
         """Step physics (controller at every step) for `seconds` of sim time."""
         n = max(1, int(round(seconds / self.world.model.opt.timestep)))
         k = self.control_decimation
         while n > 0:
-            self._control_step(min(k, n))
+            with self.lock:
+                self._control_step(min(k, n))
             n -= k
 
     # --- control law --------------------------------------------------------------------------------------

@@ -1,47 +1,26 @@
-"""How a normalised 7-D action moves the simulated arm: the franka node's own safety functions, in one place.
+"""How a normalised 7-D action moves the simulated arm: through the franka node's own controller.
 
-Both SimEnv (no ROS) and the sim_world node's fast mode call `ActionApplier`, which delegates to
-`irevla_ros.core.safety` (apply_action: scaling, per-tick caps, workspace box; GripperLatch: hysteresis), so a
-policy sees the same action semantics in every mode, on the real arm included.
+SimEnv (no ROS) and the sim_world node's fast mode both drive the MuJoCo backend through
+`irevla_ros.core.control.franka_controller.FrankaController` (validation, scaling, per-tick caps, anti-windup,
+workspace box, gripper hysteresis, watchdog), clocked by sim time. So a policy sees the same action semantics in
+every mode, the real arm included; only the numbers below differ from the real-robot defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 
-import numpy as np
+from irevla_ros.core.control.franka_controller import FrankaControlConfig
 
-from irevla_ros.core.safety import GRIPPER_CLOSE, GRIPPER_OPEN, GripperLatch, Pose, StepLimits, WorkspaceBox
-from irevla_ros.core.safety import apply_action as safety_apply_action
-from irevla_ros.robot.base import Robot
-
-# Simulation defaults: 3 cm / tick at 10 Hz (0.3 m/s) keeps every task within 40-60 steps. The real arm's
-# franka_node.yaml may be more conservative; sim.yaml sets the franka node to the same numbers as here.
-SIM_STEP_LIMITS = StepLimits(max_translation_per_tick=0.03, max_rotation_per_tick=0.1)
+# Simulation command scale: 3 cm / 0.1 rad per tick at 10 Hz (0.3 m/s) keeps every task within 40-60 steps,
+# short enough for a head-only learner on a CPU. config/sim.yaml sets the franka node to the same numbers.
+SIM_MAX_TRANSLATION_PER_TICK = 0.03  # m
+SIM_MAX_ROTATION_PER_TICK = 0.1  # rad
 
 
-@dataclass
-class ActionApplier:
-    limits: StepLimits = SIM_STEP_LIMITS
-    box: WorkspaceBox = field(default_factory=WorkspaceBox)
-    gripper_threshold: float = 0.5
-    gripper_min_interval_s: float = 0.3
-
-    def __post_init__(self) -> None:
-        self.latch = GripperLatch(self.gripper_threshold, self.gripper_min_interval_s)
-
-    def reset(self, now: float) -> None:
-        self.latch = GripperLatch(self.gripper_threshold, self.gripper_min_interval_s)
-        self.latch.force(GRIPPER_OPEN, now)
-
-    def apply(self, robot: Robot, action: np.ndarray, now: float) -> Pose:
-        """Validate (raises InvalidAction), turn into a safe EE target, command robot + gripper. Returns target."""
-        state = robot.read_state()
-        target = safety_apply_action(Pose(state.ee_position, state.ee_quaternion), action, self.limits, self.box)
-        robot.move_ee_async(target.position, target.quaternion)
-        command = self.latch.update(float(action[6]), now)
-        if command == GRIPPER_CLOSE:
-            robot.gripper_grasp()
-        elif command == GRIPPER_OPEN:
-            robot.gripper_open()
-        return target
+def sim_control_config(**overrides) -> FrankaControlConfig:
+    """The franka controller configuration the simulated cell uses (real-robot defaults + sim step scale)."""
+    base = {"max_translation_per_tick": SIM_MAX_TRANSLATION_PER_TICK,
+            "max_rotation_per_tick": SIM_MAX_ROTATION_PER_TICK}
+    base.update(overrides)
+    return dataclasses.replace(FrankaControlConfig(), **base)

@@ -5,9 +5,9 @@
     obs, success, info = env.step(action7)   # action7 in interfaces.ACTION_LABELS order, each in [-1, 1]
     env.close()
 
-Actions go through irevla_ros.sim.control.ActionApplier, i.e. the franka node's own safety functions (scaling,
-per-tick caps, workspace box, gripper hysteresis), and the arm is the fast MuJoCo backend (MujocoFastRobot):
-the same code the sim_world node runs in fast mode.
+Actions go through the franka node's own FrankaController (validation, scaling, per-tick caps, anti-windup,
+workspace box, gripper hysteresis, watchdog) clocked by sim time, and the arm is the fast MuJoCo backend
+(MujocoFastRobot): the same composition the sim_world node runs in fast mode.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Sequence
 import mujoco
 import numpy as np
 
-from irevla_ros.core.safety import StepLimits, WorkspaceBox
+from irevla_ros.core.control.franka_controller import FrankaControlConfig, FrankaController
 from irevla_ros.robot.base import HOME_JOINTS
 from irevla_ros.robot.mujoco_fast import MujocoFastRobot
 from irevla_ros.sim import scene as sc
-from irevla_ros.sim.control import SIM_STEP_LIMITS, ActionApplier
+from irevla_ros.sim.control import sim_control_config
 from irevla_ros.sim.render import CameraRenderer
 from irevla_ros.sim.tasks import Episode, get_task, randomize
 from irevla_ros.sim.world import World
@@ -45,8 +45,7 @@ def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 class SimEnv:
     def __init__(self, task: str, seed: int = 0, image_size: int | Sequence[int] = 128,
                  cameras: Sequence[str] = ("wrist", "front"), control_hz: float = 10.0, *,
-                 limits: StepLimits = SIM_STEP_LIMITS, box: WorkspaceBox | None = None,
-                 control_decimation: int = 2):
+                 control: FrankaControlConfig | None = None, control_decimation: int = 2):
         get_task(task)  # raises ValueError naming the known tasks
         if not (np.isfinite(control_hz) and 1.0 <= control_hz <= 100.0):
             raise ValueError(f"control_hz must be in [1, 100], got {control_hz!r}")
@@ -57,14 +56,17 @@ class SimEnv:
         self.data = mujoco.MjData(self.model)
         self.world = World(self.model, self.data)
         self.robot = MujocoFastRobot(self.world, control_decimation=control_decimation)
-        self.applier = ActionApplier(limits=limits, box=box or WorkspaceBox())
+        self.controller = FrankaController(self.robot, control or sim_control_config(), clock=self._now)
         h, w = _image_hw(image_size)
         self.cameras = tuple(cameras)
         self.renderer = CameraRenderer(self.model, w, h, self.cameras) if self.cameras else None
         self.episode: Episode | None = None
         self.steps = 0
         self.robot.teleport(HOME_JOINTS)
-        self.robot.connect()
+        self.controller.start()
+
+    def _now(self) -> float:
+        return float(self.data.time)
 
     @property
     def max_steps(self) -> int:
@@ -83,19 +85,20 @@ class SimEnv:
             seed = self._next_seed
         self._next_seed = int(seed) + 1
         self.data.time = 0.0
-        self.robot.teleport(HOME_JOINTS)
         self.episode = randomize(self.world, self.task, int(seed))
-        self.robot.hold()
+        self.controller.reset()  # the franka reset path: home (teleported in sim), gripper open, target cleared
         self.robot.advance(SETTLE_S)
-        self.applier.reset(self.data.time)
+        self.controller.update_state()
         self.steps = 0
         return self.observe()
 
     def step(self, action) -> tuple[dict, bool, dict]:
         if self.episode is None:
             raise RuntimeError("call reset() before step()")
-        target = self.applier.apply(self.robot, np.asarray(action, dtype=np.float64), self.data.time)
+        target = self.controller.on_action(np.asarray(action, dtype=np.float64))  # raises InvalidAction
         self.robot.advance(1.0 / self.control_hz)
+        self.controller.update_state()
+        self.controller.tick()
         self.steps += 1
         success = self.success()
         info = {"steps": self.steps, "task": self.task, "seed": self.episode.seed,

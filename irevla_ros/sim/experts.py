@@ -11,7 +11,7 @@ import numpy as np
 
 from irevla_ros.core.safety.pose import rotation_between
 from irevla_ros.sim import scene as sc
-from irevla_ros.sim.control import SIM_STEP_LIMITS
+from irevla_ros.sim.control import SIM_MAX_ROTATION_PER_TICK, SIM_MAX_TRANSLATION_PER_TICK
 from irevla_ros.sim.tasks import Episode
 from irevla_ros.sim.world import World
 
@@ -23,7 +23,7 @@ def _move(world: World, goal: np.ndarray, gripper: float, step: float) -> np.nda
     a = np.zeros(7)
     a[:3] = np.clip((np.asarray(goal) - world.tcp_position()) / step, -1.0, 1.0)
     r = rotation_between(world.tcp_quaternion_xyzw(), DOWN)  # keep the gripper pointing down
-    a[3:6] = np.clip(r / SIM_STEP_LIMITS.max_rotation_per_tick, -1.0, 1.0)
+    a[3:6] = np.clip(r / SIM_MAX_ROTATION_PER_TICK, -1.0, 1.0)
     a[6] = gripper
     return a
 
@@ -113,10 +113,10 @@ def expert_action(env_or_world, episode: Episode | None = None, *, step: float |
         world, episode = env_or_world.world, env_or_world.episode
         if episode is None:
             raise RuntimeError("the environment has no episode yet: call reset() first")
-        step = step or env_or_world.applier.limits.max_translation_per_tick
+        step = step or env_or_world.controller.config.max_translation_per_tick
     else:
         world = env_or_world
-    step = step or SIM_STEP_LIMITS.max_translation_per_tick
+    step = step or SIM_MAX_TRANSLATION_PER_TICK
     fn = _EXPERTS.get(family(episode.task))
     if fn is None:
         raise ValueError(f"no expert for task {episode.task!r}")
