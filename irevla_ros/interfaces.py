@@ -89,3 +89,7 @@ EPISODE_EVENT = Endpoint("/policy/episode", "std_msgs/msg/String")
 FULL_WEIGHTS_READY = Endpoint("/sft/weights_ready", "std_msgs/msg/String")
 """JSON: {"path", "version", "sha256"}: a verified SFT result on local disk for the policy to load."""
 ITERATION_STATUS = Endpoint("/iteration/status", "std_msgs/msg/String")
+
+# --- Stage 2 / iteration (packager_node). ----------------------------------------------------------------
+SFT_TRIGGER = Endpoint("/packager/sft_now", "std_srvs/srv/Trigger")
+"""Ask the packager to build and ship a stage-2 SFT job now (from stage 1); the reply says why not if it cannot."""
