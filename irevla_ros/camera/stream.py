@@ -6,6 +6,7 @@ ROS-free. States: connecting -> streaming -> lost -> (connecting ...) -> streami
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from irevla_ros.camera.base import (
     CameraFrame,
     CameraNotFoundError,
 )
+
+_log = logging.getLogger(__name__)
 
 CONNECTING, STREAMING, LOST, FINISHED, STOPPED = "connecting", "streaming", "lost", "finished", "stopped"
 
@@ -76,7 +79,10 @@ class CameraStream:
     def _set(self, state: str, message: str) -> None:
         if state != self.state or message != self.message:
             self.state, self.message = state, message
-            self.on_status(state, message)
+            try:
+                self.on_status(state, message)
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the reader thread
+                _log.exception("camera %s: status callback failed", self.camera.name)
 
     def _run(self) -> None:
         was_streaming = False
@@ -114,4 +120,7 @@ class CameraStream:
             self.last_frame_monotonic = time.monotonic()
             was_streaming = True
             self._set(STREAMING, "reconnected" if self.reconnects else "")
-            self.on_frame(frame)
+            try:
+                self.on_frame(frame)
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the reader thread
+                _log.exception("camera %s: frame callback failed", self.camera.name)

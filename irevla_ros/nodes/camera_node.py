@@ -141,7 +141,10 @@ class _CameraPublisher:
     def on_status(self, state: str, message: str) -> None:
         log = self.node.get_logger()
         text = f"camera {self.name!r}: {state}" + (f" ({message})" if message else "")
-        (log.info if state == STREAMING else log.warning)(text)
+        if state == STREAMING:
+            log.info(text)
+        else:
+            log.warning(text)
         if state != STREAMING:
             self.clock.reset()
 
