@@ -1,0 +1,119 @@
+"""Hot reload of policy weights: verify off the control thread, swap between ticks, keep the previous for rollback.
+
+Two sources:
+- head weights from the RL learner (a codec payload, see core/model/weights.py): decoded, checksummed,
+  shape-checked and loaded into a NEW ActionHead (never the one the tick is using);
+- a full model folder from SFT (FULL_WEIGHTS_READY: path, version, sha256 of the manifest): the announced digest
+  is checked, then every file's sha256, then the model is loaded and must produce the same feature shape and head
+  config as the running one (the learner's networks are sized from them).
+
+`stage_*` run in a worker thread and only set `pending`. `apply_pending()` (first thing in a tick) is a reference
+swap under a lock, so a reload never blocks or delays a tick. `rollback()` restores the previous slot, e.g. when
+the new weights produce non-finite actions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from irevla_ros.core.data.codec import PayloadError
+from irevla_ros.core.model.head import ActionHead
+from irevla_ros.core.model.vla import ModelFolderError, VLAModel, folder_sha256
+from irevla_ros.core.model.weights import decode_head_weights
+
+
+class WeightsRejected(ValueError):
+    """An update that failed verification; the running weights are untouched."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    model: VLAModel
+    head: ActionHead
+    version: str
+    source: str  # "initial" | "head" | "full"
+
+
+class WeightSlots:
+    def __init__(self, model: VLAModel, version: str):
+        self._lock = threading.Lock()
+        self._current = Slot(model, model.head.eval(), str(version), "initial")
+        self._previous: Slot | None = None
+        self._pending: Slot | None = None
+        self.swap_durations_s: list[float] = []
+
+    @property
+    def current(self) -> Slot:
+        with self._lock:
+            return self._current
+
+    @property
+    def version(self) -> str:
+        return self.current.version
+
+    @property
+    def has_pending(self) -> bool:
+        with self._lock:
+            return self._pending is not None
+
+    # --- worker thread ---
+    def stage_head_payload(self, payload: bytes) -> str:
+        """Verify a head-weights payload and stage it; returns its version or raises WeightsRejected."""
+        base = self.current
+        try:
+            state, version = decode_head_weights(payload, base.model.config.head)
+            head = base.model.make_head(state)
+        except (PayloadError, ModelFolderError) as exc:
+            raise WeightsRejected(f"head weights rejected: {exc}") from exc
+        if version == base.version:
+            raise WeightsRejected(f"head weights v{version} are already running")
+        self._stage(Slot(base.model, head, version, "head"))
+        return version
+
+    def stage_full(self, path: str | Path, version: str, sha256: str, *, device: str = "cpu", dtype=None) -> str:
+        """Verify and load a full model folder announced by SFT; stage it. Raises WeightsRejected."""
+        base = self.current
+        try:
+            digest = folder_sha256(path)
+            if digest != sha256:
+                raise WeightsRejected(f"model folder {path}: sha256 {digest[:12]}... does not match the announced "
+                                      f"{str(sha256)[:12]}...")
+            model = VLAModel.from_pretrained(path, device=device, dtype=dtype, verify=True)
+        except ModelFolderError as exc:
+            raise WeightsRejected(f"model folder rejected: {exc}") from exc
+        if model.feature_shape != base.model.feature_shape or model.config.head != base.model.config.head:
+            raise WeightsRejected(f"model folder {path}: features {model.feature_shape} / head {model.config.head} "
+                                  f"differ from the running {base.model.feature_shape} / {base.model.config.head}")
+        if model.config.num_cameras != base.model.config.num_cameras:
+            raise WeightsRejected(f"model folder {path}: {model.config.num_cameras} camera(s), running model has "
+                                  f"{base.model.config.num_cameras}")
+        model.eval()
+        self._stage(Slot(model, model.head, str(version), "full"))
+        return str(version)
+
+    def _stage(self, slot: Slot) -> None:
+        with self._lock:
+            self._pending = slot  # a newer update supersedes an older one not yet applied
+
+    # --- control thread ---
+    def apply_pending(self) -> Slot | None:
+        """Swap in the staged update (if any). Cheap: reference assignment under a lock."""
+        t0 = time.perf_counter()
+        with self._lock:
+            if self._pending is None:
+                return None
+            self._previous, self._current, self._pending = self._current, self._pending, None
+            slot = self._current
+        self.swap_durations_s.append(time.perf_counter() - t0)
+        return slot
+
+    def rollback(self) -> Slot | None:
+        """Back to the previous slot (returns it), or None if there is none."""
+        with self._lock:
+            if self._previous is None:
+                return None
+            self._current, self._previous = self._previous, None
+            return self._current
