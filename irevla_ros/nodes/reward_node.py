@@ -77,7 +77,10 @@ class RewardNode(Node):
     def _log_reload(self, event) -> None:
         if event is None:
             return
-        (self.get_logger().info if event.loaded else self.get_logger().error)(event.message)
+        if event.loaded:  # two call sites: rclpy refuses a severity change at one
+            self.get_logger().info(event.message)
+        else:
+            self.get_logger().error(event.message)
 
     def reload_timer_callback(self) -> None:
         self._log_reload(self.watcher.poll())
