@@ -194,7 +194,7 @@ def test_lora_adapters_save_load_and_merge(tmp_path):
 
 def test_head_weight_payload_round_trip_and_rejections(tiny2):
     state = {k: v + 0.01 for k, v in tiny2.head_state_dict().items()}
-    payload = encode_head_weights(state, "12", tiny2.config.head)
+    payload = encode_head_weights(state, 12, tiny2.config.head)
     decoded, version = decode_head_weights(payload, tiny2.config.head)
     assert version == "12" and all(torch.equal(decoded[k], state[k]) for k in state)
     flipped = bytearray(payload)
@@ -208,7 +208,7 @@ def test_head_weight_payload_round_trip_and_rejections(tiny2):
     nan_state = dict(state)
     nan_state["mean.bias"] = torch.full_like(state["mean.bias"], float("nan"))
     with pytest.raises(PayloadError, match="NaN"):
-        decode_head_weights(encode_head_weights(nan_state, "13"))
+        decode_head_weights(encode_head_weights(nan_state, 13))
 
 
 def test_cli_init_writes_a_loadable_folder(tmp_path):

@@ -182,7 +182,7 @@ def test_head_update_is_applied_between_ticks_and_bad_updates_are_rejected():
     old_head = actor.slots.current.head
     new_state = {k: v * 1.5 + 0.05 for k, v in actor.slots.current.model.head_state_dict().items()}
     head_config = actor.slots.current.model.config.head
-    version = actor.slots.stage_head_payload(encode_head_weights(new_state, "1", head_config))
+    version = actor.slots.stage_head_payload(encode_head_weights(new_state, 1, head_config))
     assert version == "1" and actor.slots.version == "0"  # staged, not applied mid-tick
     outs, t = run_ticks(actor, 0.2, 3)
     assert outs[0].swapped is not None and outs[0].swapped.version == "1"
@@ -192,14 +192,14 @@ def test_head_update_is_applied_between_ticks_and_bad_updates_are_rejected():
     np.testing.assert_allclose(trs[1].action, expected_mean_action(actor, trs[1]), atol=1e-3)
     assert not np.allclose(trs[1].action, expected_mean_action(actor, trs[1], head=old_head), atol=1e-3)
     # corrupted / mismatched payloads: refused, v1 keeps running
-    good = encode_head_weights(new_state, "2")
+    good = encode_head_weights(new_state, 2)
     corrupt = bytearray(good)
     corrupt[len(corrupt) - 10] ^= 0xFF
     with pytest.raises(WeightsRejected, match="checksum"):
         actor.slots.stage_head_payload(bytes(corrupt))
     small = VLAModel.from_preset("tiny", num_cameras=2, head={"proprio_dim": 8, "hidden_dim": 16})
     with pytest.raises(WeightsRejected, match="shape"):
-        actor.slots.stage_head_payload(encode_head_weights(small.head_state_dict(), "3"))
+        actor.slots.stage_head_payload(encode_head_weights(small.head_state_dict(), 3))
     assert not actor.slots.has_pending
     outs, _ = run_ticks(actor, t, 2)
     assert all(o.command is not None and o.swapped is None for o in outs)
@@ -211,7 +211,7 @@ def test_weights_that_produce_nan_are_rolled_back():
     run_ticks(actor, 0.0, 1)
     state = actor.slots.current.model.head_state_dict()
     state["token_learner.attention.2.weight"] = torch.full_like(state["token_learner.attention.2.weight"], 3e38)
-    actor.slots.stage_head_payload(encode_head_weights(state, "bad"))  # finite weights, overflow at run time
+    actor.slots.stage_head_payload(encode_head_weights(state, 9))  # finite weights, overflow at run time
     outs, _ = run_ticks(actor, 0.1, 2)
     assert outs[0].rolled_back and "rolled back to v0" in outs[0].rolled_back
     assert outs[0].command is not None and np.isfinite(outs[0].command).all()

@@ -1,8 +1,9 @@
 """Head-weight payloads (RL learner -> policy) on interfaces.HEAD_WEIGHTS.
 
-Payload = codec.encode("head_weights", tensors, meta) with meta {"version": str, "sha256": tensors_sha256(tensors),
-"head": HeadConfig as dict}. The checksum covers tensor names, dtypes, shapes and bytes, so a payload whose
-tensors were altered after signing-off by the learner (bit flips, truncation, a wrong model) is refused.
+Payload = codec.encode("head_weights", tensors, meta) with meta {"version": int >= 0, "sha256":
+tensors_sha256(tensors), "head_config": HeadConfig as dict, ...}: the same wire format as the RL learner's
+core/rl/weights.py (the producer); extra meta keys (updates, algorithm, run_id) are ignored here. The checksum
+covers tensor names, dtypes, shapes and bytes, so altered tensors (bit flips, truncation, a wrong model) are refused.
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         arr = np.ascontiguousarray(tensors[name])
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(name.encode() + b"\0" + arr.dtype.str.encode() + b"\0" + str(arr.shape).encode() + b"\0")
         h.update(arr.tobytes())
     return h.hexdigest()
 
 
-def encode_head_weights(state_dict: Mapping[str, torch.Tensor], version: str | int,
+def encode_head_weights(state_dict: Mapping[str, torch.Tensor], version: int,
                         head_config: HeadConfig | None = None) -> bytes:
     """Payload bytes for a head state dict (tensors stored as float32)."""
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in state_dict.items()}
-    meta: dict[str, object] = {"version": str(version), "sha256": tensors_sha256(tensors)}
+    meta: dict[str, object] = {"version": int(version), "sha256": tensors_sha256(tensors)}
     if head_config is not None:
-        meta["head"] = asdict(head_config)
+        meta["head_config"] = asdict(head_config)
     return encode(HEAD_WEIGHTS_KIND, tensors, meta)
 
 
@@ -44,16 +45,17 @@ def decode_head_weights(payload: bytes | bytearray | memoryview,
     """(state dict, version) or PayloadError naming what is wrong (corrupt, checksum, config, NaN/inf).
     Shapes are checked against the receiving head by VLAModel.check_head_state_dict."""
     tensors, meta = decode(payload, HEAD_WEIGHTS_KIND)
-    version = meta.get("version")
-    if not isinstance(version, str) or not version:
-        raise PayloadError(f"head weights without a version string: {version!r}")
+    raw = meta.get("version")
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or raw == "" or (isinstance(raw, int) and raw < 0):
+        raise PayloadError(f"head weights need a version (int >= 0), got {raw!r}")
+    version = str(raw)
     digest = meta.get("sha256")
     actual = tensors_sha256(tensors)
     if digest != actual:
         raise PayloadError(f"head weights v{version}: checksum mismatch (payload says {str(digest)[:12]}..., "
                            f"tensors hash to {actual[:12]}...)")
-    if expected is not None and "head" in meta and meta["head"] != asdict(expected):
-        raise PayloadError(f"head weights v{version} are for head config {meta['head']}, this policy has "
+    if expected is not None and "head_config" in meta and meta["head_config"] != asdict(expected):
+        raise PayloadError(f"head weights v{version} are for head config {meta['head_config']}, this policy has "
                            f"{asdict(expected)}")
     state = {}
     for name, arr in tensors.items():
