@@ -1,0 +1,366 @@
+"""sim_world: the simulated cell (robot + objects + cameras + ground truth) for the graph, in two modes.
+
+faithful  franky-sim's MujocoSimulator hosts our scene in-process and serves the libfranka protocol on
+          `robot_host`, so franka_node drives it with franky exactly as it drives the real arm. Physics runs in
+          its own thread at `realtime_factor` x wall time (1 kHz steps); cameras render every 1/camera_rate_hz.
+fast      sim time. The franka node (FrankaNode, same code, same parameters) is composed in this process over
+          the MuJoCo fast backend (one physics state for robot, cameras and success). Each control period
+          (1/control_hz of sim time) starts when an action arrives on /franka/action, or after `max_wait_s` of
+          wall time without one (the graph never deadlocks); after it: robot state, images, success, then /clock.
+
+Publishes  /cameras/<cam>/color/image_raw (rgb8) + camera_info, /sim/success (Bool), /task/instruction (latched),
+           /clock (fast mode), /teleop/action (only with expert_driver: the scripted expert "teleoperates")
+Services   /sim/reset (Trigger): next task (round robin / random over `tasks`) with objects randomised from
+           `seed` (incremented per reset). The arm's reset is franka_node's /franka/reset (in both modes).
+See docs/sim.md.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from irevla_ros import interfaces as itf
+from irevla_ros.nodes._common import (
+    COMMAND_QOS,
+    IMAGE_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    STATE_QOS,
+    declare_config,
+    spin_node,
+    to_float64_array,
+)
+from irevla_ros.sim.tasks import TASKS, Episode, randomize
+
+MODES = ("faithful", "fast")
+TASK_ORDERS = ("round_robin", "random")
+
+
+@dataclass
+class SimWorldConfig:
+    mode: str = "faithful"
+    """faithful (franky-sim serves libfranka; franka_node connects) | fast (sim time, franka node composed)."""
+    tasks: tuple[str, ...] = ("reach",)
+    """Tasks cycled through by /sim/reset (irevla_ros.sim.tasks.TASKS)."""
+    task_order: str = "round_robin"
+    seed: int = 0
+    """Seed of the first episode's object layout; +1 per reset (reproducible sequences)."""
+    cameras: tuple[str, ...] = ("wrist", "front")
+    image_width: int = 128
+    image_height: int = 128
+    camera_rate_hz: float = 10.0
+    """faithful: render rate (sim time). fast: images are rendered once per control period."""
+    image_qos: str = "reliable"
+    """reliable (IMAGE_QOS: the learning loop needs every frame) | sensor (best effort, like a RealSense)."""
+    shadows: bool = False
+    robot_host: str = "127.0.0.1"
+    """faithful: loopback address the libfranka server binds (ports 1337 robot / 1338 gripper)."""
+    realtime_factor: float = 1.0
+    """faithful: sim seconds per wall second to aim for (<= 0: as fast as the CPU allows)."""
+    control_hz: float = 10.0
+    """fast: sim-time length of one control period is 1/control_hz."""
+    max_wait_s: float = 0.5
+    """fast: wall seconds to wait for an action before advancing anyway."""
+    control_decimation: int = 2
+    """fast: physics steps (1 ms) per impedance-controller update."""
+    franka_params_files: tuple[str, ...] = ("",)
+    """fast: parameter files for the composed franka node; [""] = config/{franka_node,sim,sim_fast}.yaml."""
+    expert_driver: bool = False
+    """Publish the scripted expert's action on /teleop/action at control_hz (demos through the teleop path)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        self.tasks = tuple(self.tasks)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if not self.tasks or unknown:
+            raise ValueError(f"tasks must be a non-empty list of {sorted(TASKS)}; unknown: {unknown}")
+        if self.task_order not in TASK_ORDERS:
+            raise ValueError(f"task_order must be one of {TASK_ORDERS}, got {self.task_order!r}")
+        bad_cams = [c for c in self.cameras if c not in itf.CAMERA_NAMES]
+        if bad_cams:
+            raise ValueError(f"cameras must be among {itf.CAMERA_NAMES}, got {bad_cams}")
+        for name in ("image_width", "image_height"):
+            if not 16 <= getattr(self, name) <= 640:
+                raise ValueError(f"{name} must be in [16, 640] px, got {getattr(self, name)}")
+        for name, lo, hi in (("camera_rate_hz", 0.5, 60.0), ("control_hz", 1.0, 100.0), ("max_wait_s", 0.001, 60.0)):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and lo <= v <= hi):
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {v!r}")
+        if not np.isfinite(self.realtime_factor):
+            raise ValueError(f"realtime_factor must be finite, got {self.realtime_factor!r}")
+        if self.image_qos not in ("reliable", "sensor"):
+            raise ValueError(f"image_qos must be reliable or sensor, got {self.image_qos!r}")
+        if not 1 <= self.control_decimation <= 10:
+            raise ValueError(f"control_decimation must be in [1, 10], got {self.control_decimation}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def image_msg(img: np.ndarray, stamp, frame_id: str) -> Image:
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = int(img.shape[1]) * 3
+    msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
+    return msg
+
+
+def camera_info_msg(K: np.ndarray, width: int, height: int, stamp, frame_id: str) -> CameraInfo:
+    msg = CameraInfo()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [float(v) for v in K.ravel()]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    msg.p = [float(v) for v in P.ravel()]
+    return msg
+
+
+class SimWorldNode(Node):
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("sim_world", **node_kwargs)
+        self.config = declare_config(self, SimWorldConfig)
+        cfg = self.config
+        self._rng = np.random.default_rng(cfg.seed)
+        self._next_seed = cfg.seed
+        self._task_index = 0
+        self.episode: Episode | None = None
+        self.lock = threading.RLock()  # guards model/data between physics, rendering, resets, the expert
+        self._stop = threading.Event()
+        self.franka = None  # the composed franka node (fast mode)
+        self.renderer = None  # made in the simulation thread
+        self.server = None
+
+        qos = IMAGE_QOS if cfg.image_qos == "reliable" else SENSOR_QOS
+        self.image_pubs = {c: self.create_publisher(Image, itf.camera_image(c).name, qos) for c in cfg.cameras}
+        self.info_pubs = {c: self.create_publisher(CameraInfo, itf.camera_info(c).name, qos) for c in cfg.cameras}
+        self.success_pub = self.create_publisher(Bool, itf.SIM_SUCCESS.name, STATE_QOS)
+        self.instruction_pub = self.create_publisher(String, itf.INSTRUCTION.name, LATCHED_QOS)
+        self.expert_pub = self.create_publisher(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS) \
+            if cfg.expert_driver else None
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, itf.SIM_RESET.name, self.reset_callback, callback_group=self._service_group)
+        self.frames_published = 0
+
+        if cfg.mode == "faithful":
+            self._start_faithful()
+        else:
+            self._start_fast()
+        self._new_episode()
+        self._thread = threading.Thread(target=self._loop, name=f"sim_world_{cfg.mode}", daemon=True)
+        self._thread.start()
+        if cfg.expert_driver:
+            self.create_timer(1.0 / cfg.control_hz, self.expert_callback)
+        self.get_logger().info(
+            f"sim_world ({cfg.mode}) ready: tasks {list(cfg.tasks)}, cameras {list(cfg.cameras)} "
+            f"{cfg.image_width}x{cfg.image_height}" + (f", libfranka on {self.robot_host}" if cfg.mode == "faithful"
+                                                       else ""))
+
+    # --- setup ----------------------------------------------------------------------------------------------
+    def _start_faithful(self) -> None:
+        from franky_sim import SimulationServer
+
+        from irevla_ros.sim.scene import make_simulator
+        from irevla_ros.sim.world import World
+
+        cfg = self.config
+        self.sim = make_simulator(shadows=cfg.shadows)
+        self.sim.init()
+        self.server = SimulationServer(self.sim, hostname_candidates=[cfg.robot_host])
+        try:
+            self.server.init()  # binds the robot and gripper ports, compiles and starts the simulation
+        except Exception as exc:
+            raise RuntimeError(f"cannot serve libfranka on {cfg.robot_host} (ports 1337/1338 in use?): {exc}") from exc
+        self.robot_host = self.sim.robots[0].hostname
+        self.world = World(self.sim.model, self.sim.data)
+
+    def _start_fast(self) -> None:
+        import mujoco
+
+        from irevla_ros.graph import config_dir
+        from irevla_ros.nodes.franka_node import FrankaNode
+        from irevla_ros.robot.mujoco_fast import MujocoFastRobot
+        from irevla_ros.sim import scene as sc
+        from irevla_ros.sim.world import World
+
+        cfg = self.config
+        model = sc.compile_model(sc.scene_xml(shadows=cfg.shadows))
+        data = mujoco.MjData(model)
+        self.world = World(model, data)
+        self.robot = MujocoFastRobot(self.world, control_decimation=cfg.control_decimation)
+        self.robot.teleport()
+        self.lock = self.robot.lock  # one lock for physics, controller calls, rendering
+        files = [f for f in cfg.franka_params_files if f]
+        if not files:
+            files = [str(config_dir() / name) for name in ("franka_node.yaml", "sim.yaml", "sim_fast.yaml")]
+        cli = ["--ros-args"]
+        for f in files:
+            cli += ["--params-file", f]
+        cli += ["-p", "use_sim_time:=true"]
+        # Own name and parameters: the runner's `-r __node:=sim_world` must not rename the franka node.
+        self.franka = FrankaNode(robot=self.robot, node_name="franka_node", use_global_arguments=False, cli_args=cli)
+        self._action_event = threading.Event()
+        self.create_subscription(Float64MultiArray, itf.ACTION.name, lambda _msg: self._action_event.set(),
+                                 COMMAND_QOS)
+        self.clock_pub = self.create_publisher(Clock, itf.CLOCK.name, 10)
+        self.robot_host = ""
+
+    # --- episodes -------------------------------------------------------------------------------------------
+    def _choose_task(self) -> str:
+        tasks = self.config.tasks
+        if self.config.task_order == "random":
+            return str(self._rng.choice(tasks))
+        task = tasks[self._task_index % len(tasks)]
+        self._task_index += 1
+        return task
+
+    def _new_episode(self) -> Episode:
+        task = self._choose_task()
+        seed = self._next_seed
+        self._next_seed += 1
+        with self.lock:
+            self.episode = randomize(self.world, task, seed)
+        self.instruction_pub.publish(String(data=self.episode.instruction))
+        return self.episode
+
+    def reset_callback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            ep = self._new_episode()
+        except Exception as exc:  # noqa: BLE001 - report any failure to the caller
+            response.success = False
+            response.message = f"reset failed: {exc}"
+            return response
+        response.success = True
+        response.message = json.dumps({"task": ep.task, "seed": ep.seed, "instruction": ep.instruction})
+        return response
+
+    def expert_callback(self) -> None:
+        from irevla_ros.sim.experts import expert_action
+
+        with self.lock:
+            if self.episode is None:
+                return
+            action = expert_action(self.world, self.episode)
+        self.expert_pub.publish(to_float64_array(action, "action"))
+
+    # --- outputs --------------------------------------------------------------------------------------------
+    def _publish_frame(self, stamp) -> None:
+        """Render and publish every camera + success (caller holds no lock; rendering takes it)."""
+        with self.lock:
+            images = self.renderer.render_all(self.world.data)
+            success = bool(self.episode is not None and self.episode.success(self.world))
+        for cam, img in images.items():
+            frame = itf.camera_optical_frame(cam)
+            self.info_pubs[cam].publish(camera_info_msg(self.renderer.intrinsics(cam), img.shape[1], img.shape[0],
+                                                        stamp, frame))
+            self.image_pubs[cam].publish(image_msg(img, stamp, frame))
+        self.success_pub.publish(Bool(data=success))
+        self.frames_published += 1
+
+    # --- loops ----------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        from irevla_ros.sim.render import CameraRenderer
+
+        cfg = self.config
+        try:
+            # An EGL context belongs to the thread that made it: render (and close) only in this thread.
+            self.renderer = CameraRenderer(self.world.model, cfg.image_width, cfg.image_height, cfg.cameras,
+                                           shadows=cfg.shadows)
+            if cfg.mode == "faithful":
+                self._faithful_loop()
+            else:
+                self._fast_loop()
+        except Exception as exc:  # noqa: BLE001 - a dead physics thread must be loud and end the process
+            self.get_logger().fatal(f"simulation loop crashed: {exc!r}")
+            if rclpy.ok(context=self.context):
+                self.context.try_shutdown()
+        finally:
+            if self.renderer is not None:
+                self.renderer.close()
+                self.renderer = None
+
+    def _faithful_loop(self) -> None:
+        cfg = self.config
+        steps_per_frame = max(1, int(round(1.0 / (cfg.camera_rate_hz * 0.001))))
+        t0 = time.perf_counter()
+        sim_t = 0.0
+        k = 0
+        while not self._stop.is_set():
+            with self.lock:
+                self.server.run_once(realtime=False)
+            sim_t += 0.001
+            k += 1
+            if k % steps_per_frame == 0:
+                self._publish_frame(self.get_clock().now().to_msg())
+            if cfg.realtime_factor > 0:
+                ahead = sim_t / cfg.realtime_factor - (time.perf_counter() - t0)
+                if ahead > 0.002:
+                    time.sleep(ahead)
+
+    def _fast_loop(self) -> None:
+        cfg = self.config
+        period = 1.0 / cfg.control_hz
+        while not self._stop.is_set():
+            self._action_event.wait(cfg.max_wait_s)
+            self._action_event.clear()
+            if self._stop.is_set():
+                break
+            self.robot.advance(period)
+            now = Time(nanoseconds=int(round(self.world.data.time * 1e9)))
+            # Same-process nodes see the new time at once (their /clock subscription catches up later).
+            for clock in (self.get_clock(), self.franka.get_clock()):
+                if clock.ros_time_is_active:
+                    clock.set_ros_time_override(now)
+            self.franka.control_callback()  # watchdog tick at the period boundary
+            self.franka.state_callback()  # robot state for this period
+            self._publish_frame(now.to_msg())
+            self.clock_pub.publish(Clock(clock=now.to_msg()))
+
+    def close(self) -> None:
+        self._stop.set()
+        if hasattr(self, "_action_event"):
+            self._action_event.set()
+        if getattr(self, "_thread", None) is not None and self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        if self.franka is not None:
+            self.franka.close()  # stops the arm; spin_node destroys it (it is one of the spun nodes)
+        if getattr(self, "server", None) is not None:
+            self.server.cleanup()
+            self.server = None
+
+
+PARAMETERS = SimWorldConfig
+
+
+def _make():
+    node = SimWorldNode()
+    return [node, node.franka] if node.franka is not None else [node]
+
+
+def main(args=None) -> int:
+    return spin_node(_make, args, multithreaded=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
