@@ -15,10 +15,11 @@ from irevla_ros.sim.scene import CAMERA_BY_NAME
 
 
 def intrinsics(camera: str, width: int, height: int) -> np.ndarray:
-    """3x3 K of a MuJoCo camera (fovy is vertical; square pixels; principal point at the centre)."""
+    """3x3 K of a MuJoCo camera (fovy is vertical; square pixels; principal point at the image centre, in the
+    ROS/OpenCV convention where pixel (0, 0)'s centre has coordinates (0, 0))."""
     fovy = math.radians(CAMERA_BY_NAME[camera].fovy_deg)
     f = 0.5 * height / math.tan(0.5 * fovy)
-    return np.array([[f, 0.0, 0.5 * width], [0.0, f, 0.5 * height], [0.0, 0.0, 1.0]])
+    return np.array([[f, 0.0, 0.5 * (width - 1)], [0.0, f, 0.5 * (height - 1)], [0.0, 0.0, 1.0]])
 
 
 class CameraRenderer:
