@@ -39,7 +39,7 @@ def image_from_buffer(encoding: str, height: int, width: int, step: int, data: b
         img = img[..., [2, 1, 0]]
     else:
         img = img[..., :3]
-    return np.ascontiguousarray(img)
+    return np.array(img, dtype=np.uint8, order="C", copy=True)  # own, writable memory (the message may be reused)
 
 
 @dataclass
