@@ -7,6 +7,9 @@ T_base_ee[i] T_ee_board = X T_cam_board[i].
 
 Solvers: cv2.calibrateHandEye (tsai, park, horaud, andreff, daniilidis) for both (eye-to-hand passes the inverted
 robot poses) and cv2.calibrateRobotWorldHandEye (shah, li), which also returns the second unknown.
+The closed-form solvers weigh noise unevenly (Andreff and Li lose centimetres in translation on noisy data). Given a
+residual function (with images: the corner reprojection error in pixels, the maximum-likelihood objective for
+detection noise), `calibrate` refines both unknowns by Levenberg-Marquardt from the closed-form start.
 A pose set whose rotations do not span two axes cannot determine X (Tsai & Lenz 1989): it is rejected up front
 with `DegeneratePoseSet` instead of returning an arbitrary answer.
 """
@@ -14,12 +17,20 @@ with `DegeneratePoseSet` instead of returning an arbitrary answer.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from irevla_ros.camera.transforms import invert, make_transform, mean_transform, rotation_angle, rotation_axis
+from irevla_ros.camera.transforms import (
+    from_rvec,
+    invert,
+    make_transform,
+    mean_transform,
+    rotation_angle,
+    rotation_axis,
+)
 
 EYE_IN_HAND, EYE_TO_HAND = "eye_in_hand", "eye_to_hand"
 MODES = (EYE_IN_HAND, EYE_TO_HAND)
@@ -53,6 +64,7 @@ class HandEyeResult:
     """eye_in_hand: T_base_board; eye_to_hand: T_ee_board (the other, constant, unknown)."""
     residuals: dict = field(default_factory=dict)
     num_samples: int = 0
+    refined: bool = False
 
 
 def _check_inputs(robot_poses, board_poses) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -119,8 +131,12 @@ def _solve_robot_world(world_in_cam: list[np.ndarray], base_in_gripper: list[np.
     return make_transform(R_bw, t_bw), make_transform(R_gc, t_gc)
 
 
+ResidualFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(X, Y) -> residual vector to minimize (e.g. reprojection errors of the board corners, pixels)."""
+
+
 def calibrate(mode: str, robot_poses, board_poses, method: str | None = None,
-              diversity: DiversityConfig | None = None) -> HandEyeResult:
+              diversity: DiversityConfig | None = None, *, refine: ResidualFn | None = None) -> HandEyeResult:
     """Solve hand-eye for `mode` from T_base_ee[i] and T_cam_board[i]; residuals say how consistent it is."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -149,9 +165,49 @@ def calibrate(mode: str, robot_poses, board_poses, method: str | None = None,
         Y = mean_transform([invert(T) @ X @ B for T, B in zip(robot, board, strict=True)])  # T_ee_board
     if not np.all(np.isfinite(X)):
         raise DegeneratePoseSet(f"{method} returned a non-finite transform: the poses do not constrain it")
+    if refine is not None:
+        X, Y = refine_transforms(X, Y, refine)
     residuals = consistency_residuals(mode, robot, board, X, Y)
     residuals.update(diversity_summary)
-    return HandEyeResult(mode, method, X, Y, residuals, len(robot))
+    return HandEyeResult(mode, method, X, Y, residuals, len(robot), refine is not None)
+
+
+def refine_transforms(X: np.ndarray, Y: np.ndarray, residual_fn: ResidualFn,
+                      iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt on (X, Y): 12 parameters (local rotation vector + translation each), numeric Jacobian,
+    minimizing |residual_fn(X, Y)|^2. Never returns a worse solution than the start."""
+
+    def apply(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (X @ from_rvec(delta[0:3], delta[3:6]), Y @ from_rvec(delta[6:9], delta[9:12]))
+
+    def residual(delta: np.ndarray) -> np.ndarray:
+        return residual_fn(*apply(delta))
+
+    lam, eps = 1e-3, 1e-7
+    r = residual(np.zeros(12))
+    cost = float(r @ r)
+    for _ in range(iterations):
+        J = np.empty((r.size, 12))
+        for k in range(12):
+            step = np.zeros(12)
+            step[k] = eps
+            J[:, k] = (residual(step) - r) / eps
+        JtJ, Jtr = J.T @ J, J.T @ r
+        improved = converged = False
+        while lam < 1e8:
+            delta = -np.linalg.solve(JtJ + lam * np.diag(np.diag(JtJ) + 1e-12), Jtr)
+            r_new = residual(delta)
+            cost_new = float(r_new @ r_new)
+            if cost_new < cost:
+                X, Y = apply(delta)
+                r, lam, improved = r_new, lam * 0.3, True
+                converged = cost - cost_new < 1e-12 * max(cost, 1e-30) or np.linalg.norm(delta) < 1e-10
+                cost = cost_new
+                break
+            lam *= 10.0
+        if not improved or converged:
+            break
+    return X, Y
 
 
 def predicted_board_poses(mode: str, robot_poses, X: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
