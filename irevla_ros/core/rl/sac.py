@@ -1,0 +1,125 @@
+"""SAC from demonstrations (RLPD): the update of the action head and its critic ensemble.
+
+One `update(batch)` = one critic step on a (demo + online) batch, and every `actor_update_every` steps one
+actor step and one temperature step. Target critics follow by Polyak averaging. The target is the minimum of
+`critic_subsample` randomly chosen ensemble members (RLPD), minus the entropy bonus (soft backup).
+Batches come in as numpy (see `replay.Batch`); the caller builds them (50/50 demo/online in `OnlineLearner`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from irevla_ros.core.model.head import ActionHead, HeadConfig
+from irevla_ros.core.rl.config import RLConfig
+from irevla_ros.core.rl.networks import CriticEnsemble
+from irevla_ros.core.rl.replay import Batch
+from irevla_ros.core.rl.weights import head_state_to_numpy
+
+
+def batch_to_torch(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(getattr(batch, k))).to(device, torch.float32)
+            for k in Batch.__dataclass_fields__}
+
+
+class SACLearner:
+    """Trains `actor` (the deployable ActionHead) + a critic ensemble; nothing else."""
+
+    def __init__(self, head_config: HeadConfig, config: RLConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        self.head_config = head_config
+        self.device = torch.device(device)
+        self.actor = ActionHead(head_config).to(self.device)
+        self.critic = CriticEnsemble(head_config, config.num_critics).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
+        self.target_entropy = (-float(head_config.action_dim) if math.isnan(config.target_entropy)
+                               else float(config.target_entropy))
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.updates = 0
+
+    @property
+    def alpha(self) -> float:
+        return self.log_alpha.exp().item()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*self.actor.parameters(), *self.critic.parameters(), self.log_alpha]
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        b = batch_to_torch(batch, self.device)
+        proprio = b["proprio"] if self.head_config.proprio_dim else None
+        next_proprio = b["next_proprio"] if self.head_config.proprio_dim else None
+        alpha = self.log_alpha.exp().detach()
+
+        # Critic: soft Bellman backup against the min of a random subset of the target ensemble.
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.actor.sample(b["next_features"], next_proprio)
+            target_q = self.critic_target(b["next_features"], next_action, next_proprio)
+            subset = torch.randperm(cfg.num_critics, device=self.device)[:cfg.critic_subsample]
+            target_q = target_q[subset].min(0).values - alpha * next_log_prob
+            y = b["reward"] + cfg.gamma * (1.0 - b["terminal"]) * target_q
+        q = self.critic(b["features"], b["action"], proprio)
+        critic_loss = ((q - y) ** 2).mean(1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        stats = {"losses/critic": critic_loss.item(), "charts/q_mean": q.mean().item(),
+                 "charts/target_q": float(y.mean())}
+
+        if self.updates % cfg.actor_update_every == 0:
+            # Actor: maximise mean ensemble Q + entropy; the critic is only read here, not trained.
+            self.critic.requires_grad_(False)
+            action, log_prob, _ = self.actor.sample(b["features"], proprio)
+            q_pi = self.critic(b["features"], action, proprio).mean(0)
+            actor_loss = (alpha * log_prob - q_pi).mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            self.critic.requires_grad_(True)
+            # Temperature: keep the policy's entropy near the target.
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            stats.update({"losses/actor": actor_loss.item(), "losses/alpha": alpha_loss.item(),
+                          "charts/entropy": -log_prob.mean().item(), "charts/alpha": self.alpha})
+
+        with torch.no_grad():
+            for target, source in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
+                target.lerp_(source, cfg.tau)
+        self.updates += 1
+        return stats
+
+    # --- actor <-> policy -----------------------------------------------------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return head_state_to_numpy(self.actor)
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.actor.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in weights.items()})
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "actor_optimizer": self.actor_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(),
+                "alpha_optimizer": self.alpha_optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,102 @@
+"""rl_node: the stage-1 learner. Trains the action head (and its critics / value net) on the policy's
+transitions while the VLM stays frozen; publishes versioned head weights; checkpoints and resumes.
+
+Subscribes /policy/transition (UInt8MultiArray codec payloads, DATA_QOS). Publishes /rl/head_weights
+(head_weights payloads, LATCHED_QOS) and /rl/status (JSON, LATCHED_QOS). All learning logic lives in
+irevla_ros.core.rl.OnlineLearner; this node only moves bytes and time.
+
+Threads: the subscription only appends the raw payload to a queue (its own callback group), so a long update
+never delays message intake; a timer in a second group drains the queue, trains within `max_tick_s`,
+publishes and checkpoints. Only that timer (and shutdown, under the same lock) touches the learner.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import threading
+import time
+from collections import deque
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from std_msgs.msg import String, UInt8MultiArray
+
+from irevla_ros import interfaces as itf
+from irevla_ros.core.rl import OnlineLearner, RLConfig
+from irevla_ros.nodes._common import DATA_QOS, LATCHED_QOS, declare_config, spin_node
+
+PARAMETERS = RLConfig
+
+
+class RLNode(Node):
+    def __init__(self) -> None:
+        super().__init__("rl_node")
+        self.config = declare_config(self, RLConfig)
+        self.lock = threading.Lock()
+        self.queue: deque[bytes] = deque()
+        self.dropped = 0
+        self.learner = OnlineLearner(self.config, log=self.get_logger().info)
+        self.weights_pub = self.create_publisher(UInt8MultiArray, itf.HEAD_WEIGHTS.name, LATCHED_QOS)
+        self.status_pub = self.create_publisher(String, itf.RL_STATUS.name, LATCHED_QOS)
+        intake, work = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self.create_subscription(UInt8MultiArray, itf.TRANSITION.name, self.transition_callback, DATA_QOS,
+                                 callback_group=intake)
+        self.create_timer(self.config.tick_period_s, self.tick_callback, callback_group=work)
+        self.create_timer(1.0, self.status_callback, callback_group=work)
+        self.closed = False
+        if self.learner.version > 0:  # resumed: the policy gets the learner's latest head again
+            self._publish(self.learner.current_weights_payload())
+        self.status_callback()
+
+    def transition_callback(self, msg: UInt8MultiArray) -> None:
+        if len(self.queue) >= self.config.queue_limit:
+            self.dropped += 1
+            self.get_logger().warning("learner queue full: dropping transitions", throttle_duration_sec=5.0)
+            return
+        self.queue.append(bytes(msg.data))
+
+    def tick_callback(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            start = time.monotonic()
+            while self.queue:
+                self.learner.ingest(self.queue.popleft())
+            if self.dropped:
+                self.learner.rejected["queue_full"] += self.dropped
+                self.dropped = 0
+            self.learner.train(max_seconds=max(0.0, self.config.max_tick_s - (time.monotonic() - start)))
+            if self.learner.publish_due():
+                self._publish(self.learner.weights_payload())
+            if self.learner.maybe_checkpoint():
+                self.get_logger().info(f"checkpoint {self.learner.checkpoint_name}", throttle_duration_sec=30.0)
+
+    def _publish(self, payload: bytes) -> None:
+        msg = UInt8MultiArray()
+        msg.data = array.array("B", payload)
+        self.weights_pub.publish(msg)
+
+    def status_callback(self) -> None:
+        with self.lock:
+            summary = self.learner.summary()
+            summary.update(resumed_from=self.learner.resumed_from, checkpoint=self.learner.checkpoint_name,
+                           queued=len(self.queue))
+        self.status_pub.publish(String(data=json.dumps(summary)))
+
+    def close(self) -> None:
+        """Final checkpoint at shutdown (spin_node calls this)."""
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                while self.queue:
+                    self.learner.ingest(self.queue.popleft())
+                self.learner.close(checkpoint=True)
+
+
+def main(args=None) -> int:
+    return spin_node(RLNode, args, multithreaded=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

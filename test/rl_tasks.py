@@ -1,0 +1,131 @@
+"""Synthetic tasks with known answers for the learner tests (and bench/learner.py).
+
+Features are a fixed random projection of the true state into [T, D] tokens (+ noise), standing in for the
+frozen backbone's output: the learner must find the answer from features alone.
+- `Bandit`: one-step episodes; 4 contexts, each with a target point for action dims 0-1; success when the
+  action lands within `tol` of it. A random head succeeds a few % of the time; the answer is known exactly.
+- `Reach`: a point moved by 0.25 * action[:2] per step toward a per-episode goal; success within `tol`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from irevla_ros.core.data.codec import Transition
+from irevla_ros.interfaces import ACTION_DIM
+
+TOKENS, DIM = 4, 16
+
+
+@dataclass
+class Projection:
+    """A fixed random linear map from a small state vector to feature tokens [T, D]."""
+
+    state_dim: int
+    seed: int = 0
+    noise: float = 0.02
+    matrix: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(1000 + self.seed)
+        self.matrix = rng.normal(0, 1.0, (self.state_dim, TOKENS * DIM)).astype(np.float32)
+        self._rng = np.random.default_rng(2000 + self.seed)
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        f = state.astype(np.float32) @ self.matrix + self._rng.normal(0, self.noise, TOKENS * DIM)
+        return f.reshape(TOKENS, DIM).astype(np.float16)
+
+
+class Bandit:
+    TARGETS = np.array([[0.6, 0.6], [-0.6, 0.6], [-0.6, -0.6], [0.6, -0.6]], np.float32)
+
+    def __init__(self, seed: int = 0, tol: float = 0.3):
+        self.rng = np.random.default_rng(seed)
+        self.project = Projection(len(self.TARGETS), seed)
+        self.tol = tol
+        self.episode = 0
+
+    def reset(self) -> tuple[int, np.ndarray]:
+        c = int(self.rng.integers(len(self.TARGETS)))
+        return c, self.project(np.eye(len(self.TARGETS), dtype=np.float32)[c])
+
+    def success(self, c: int, action: np.ndarray) -> bool:
+        return bool(np.abs(action[:2] - self.TARGETS[c]).max() < self.tol)
+
+    def expert(self, c: int) -> np.ndarray:
+        a = np.zeros(ACTION_DIM, np.float32)
+        a[:2] = self.TARGETS[c]
+        return a
+
+    def transition(self, c: int, features: np.ndarray, action: np.ndarray, *, log_prob: float = 0.0,
+                   intervention: bool = False, version: str = "0") -> Transition:
+        ok = self.success(c, action)
+        self.episode += 1
+        return Transition(episode_id=f"bandit-{self.episode}", step=0, features=features,
+                          action=action.astype(np.float32), log_prob=log_prob, reward=float(ok), done=True,
+                          terminal=True, success=ok, intervention=intervention, policy_version=version)
+
+
+class Reach:
+    def __init__(self, seed: int = 0, tol: float = 0.2, max_steps: int = 8):
+        self.rng = np.random.default_rng(seed)
+        self.project = Projection(4, seed)
+        self.tol, self.max_steps = tol, max_steps
+        self.episode = 0
+
+    def reset(self) -> None:
+        self.episode += 1
+        self.t = 0
+        self.pos = self.rng.uniform(-0.3, 0.3, 2).astype(np.float32)
+        self.goal = self.rng.choice([-0.7, 0.7], 2).astype(np.float32)
+        return self.features()
+
+    def features(self) -> np.ndarray:
+        return self.project(np.concatenate([self.pos, self.goal]))
+
+    def expert(self) -> np.ndarray:
+        a = np.zeros(ACTION_DIM, np.float32)
+        a[:2] = np.clip((self.goal - self.pos) / 0.25, -1, 1)
+        return a
+
+    def step(self, features: np.ndarray, action: np.ndarray, *, log_prob: float = 0.0,
+             intervention: bool = False, version: str = "0") -> tuple[Transition, np.ndarray | None]:
+        self.pos = np.clip(self.pos + 0.25 * action[:2], -1, 1).astype(np.float32)
+        success = bool(np.linalg.norm(self.pos - self.goal) < self.tol)
+        self.t += 1
+        done = success or self.t >= self.max_steps
+        t = Transition(episode_id=f"reach-{self.episode}", step=self.t - 1, features=features,
+                       action=action.astype(np.float32), log_prob=log_prob, reward=float(success), done=done,
+                       terminal=success, success=success, intervention=intervention, policy_version=version)
+        return t, (None if done else self.features())
+
+
+def act(head, features: np.ndarray, deterministic: bool) -> tuple[np.ndarray, float]:
+    """What the policy node does with the head: sample (training) or tanh(mean) (evaluation)."""
+    with torch.no_grad():
+        f = torch.from_numpy(features.astype(np.float32))[None]
+        if deterministic:
+            return head.deterministic(f)[0].numpy(), 0.0
+        a, logp, _ = head.sample(f)
+        return a[0].numpy(), float(logp[0])
+
+
+def bandit_success_rate(head, env: Bandit, n: int = 200) -> float:
+    wins = 0
+    for _ in range(n):
+        c, f = env.reset()
+        wins += env.success(c, act(head, f, True)[0])
+    return wins / n
+
+
+def reach_success_rate(head, env: Reach, n: int = 50) -> float:
+    wins = 0
+    for _ in range(n):
+        f = env.reset()
+        while f is not None:
+            t, f = env.step(f, act(head, f, True)[0])
+        wins += t.success
+    return wins / n
