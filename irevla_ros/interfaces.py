@@ -93,3 +93,8 @@ ITERATION_STATUS = Endpoint("/iteration/status", "std_msgs/msg/String")
 # --- Stage 2 / iteration (packager_node). ----------------------------------------------------------------
 SFT_TRIGGER = Endpoint("/packager/sft_now", "std_srvs/srv/Trigger")
 """Ask the packager to build and ship a stage-2 SFT job now (from stage 1); the reply says why not if it cannot."""
+
+# --- rl (issue 7: the stage-1 learner, rl_node). ------------------------------------------------------------
+RL_STATUS = Endpoint("/rl/status", "std_msgs/msg/String")
+"""JSON, latched, about once a second: {"algorithm", "updates", "version", "online", "demo", "counters",
+"rejected" (reason -> count), "success_rate", "resumed_from", "checkpoint"}."""
