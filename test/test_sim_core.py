@@ -240,3 +240,20 @@ def test_faithful_and_fast_share_model_layout_and_success():
 
 def test_camera_names_match_the_interfaces():
     assert {c.name for c in sc.CAMERAS} == set(itf.CAMERA_NAMES)
+
+
+def test_demos_cli_records_successful_expert_episodes(tmp_path):
+    from irevla_ros.cli import main
+    from irevla_ros.core.data.episodes import EpisodeStore
+
+    out = tmp_path / "demos"
+    assert main(["demos", "--task", "button", "--episodes", "2", "--out", str(out), "--image-size", "32",
+                 "--seed", "4"]) == 0
+    store = EpisodeStore(out)
+    infos = store.infos()
+    assert len(infos) == 2 and all(i.success and i.source == "expert" for i in infos)
+    ep = store.load(infos[0])
+    assert ep.frames("wrist").shape[1:] == (32, 32, 3) and ep.frames("front").shape[0] == len(ep)
+    assert ep.action.shape == (len(ep), 7) and np.all(np.abs(ep.action) <= 1.0)
+    assert ep.success[-1] and not ep.success[:-1].any(), "success only on the last step"
+    assert infos[0].tasks[0].startswith("press the ")
