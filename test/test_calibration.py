@@ -209,3 +209,15 @@ def test_calibration_file_round_trip_and_tampering(tmp_path):
             load_calibration(tmp_path / "bad.yaml")
     with pytest.raises(CalibrationFileError, match="cannot read"):
         load_calibration(tmp_path / "absent.yaml")
+
+
+def test_example_calibration_files_are_valid():
+    from pathlib import Path
+
+    from irevla_ros import interfaces as itf
+
+    examples = Path(__file__).resolve().parent.parent / "calibration" / "examples"
+    wrist, front = load_calibration(examples / "wrist.yaml"), load_calibration(examples / "front.yaml")
+    assert (wrist.parent_frame, wrist.child_frame) == (itf.EE_FRAME, itf.camera_optical_frame("wrist"))
+    assert (front.parent_frame, front.child_frame) == (itf.BASE_FRAME, itf.camera_optical_frame("front"))
+    assert "EXAMPLE" in wrist.extra["notes"]

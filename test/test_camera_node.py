@@ -224,3 +224,15 @@ def test_reconnects_after_usb_drop_without_restart_and_crops(ros, node_context):
     assert (expected.width, expected.height) == (64, 64)
     assert all((m.width, m.height) == (64, 64) for m in rx_image.msgs)
     assert all(same_intrinsics(intrinsics_from_camera_info(m), expected) for m in rx_info.msgs)
+
+
+def test_shipped_parameter_file_builds_a_valid_config():
+    from pathlib import Path
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "camera_node.yaml").read_text())
+    params = data["/**"]["ros__parameters"]
+    config = CameraNodeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+    out = adjust_intrinsics(default_intrinsics(config.width, config.height), config.crop_resize)
+    assert (out.width, out.height) == (128, 128)  # the sim cameras' default size
