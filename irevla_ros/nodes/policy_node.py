@@ -105,6 +105,8 @@ class PolicyNode(Node):
         self._last_tick: float | None = None
         self.missed_ticks = 0
         self.tick_durations: list[float] = []
+        self.tick_starts: list[float] = []  # wall clock (perf_counter) at each tick start: jitter, bench
+        self.model_durations: list[float] = []  # backbone + head part of each tick that ran the model
         self._last_stale_log = ""
         self._publish_version()
         self.timer = self.create_timer(self.config.period_s, self.tick_callback, callback_group=self.control_group)
@@ -196,8 +198,12 @@ class PolicyNode(Node):
         self._last_tick = now
         out = self.actor.tick(now)
         self._publish(out)
+        self.tick_starts.append(w0)
         self.tick_durations.append(time.perf_counter() - w0)
-        del self.tick_durations[:-10_000]
+        if "model" in out.timings:
+            self.model_durations.append(out.timings["model"])
+        for series in (self.tick_starts, self.tick_durations, self.model_durations):
+            del series[:-10_000]
 
     def _publish(self, out: TickOutput) -> None:
         if out.swapped is not None:

@@ -380,8 +380,9 @@ class VLAModel(nn.Module):
             generator: torch.Generator | None = None) -> ActOutput:
         """Features + action (+ log-prob) for a batch of observations; `head` overrides self.head (hot swap)."""
         head = head if head is not None else self.head
-        with self.frozen():
-            features = self.encode(images, instructions)
+        if self.backbone.training:
+            self.backbone.eval()
+        features = self.encode(images, instructions)  # inference mode: no graph, no parameter can change
         p = None
         if proprio is not None and head.config.proprio_dim:
             p = torch.as_tensor(np.asarray(proprio, dtype=np.float32), device=self.device).reshape(
