@@ -60,8 +60,10 @@ def image_to_array(msg: Image, expect_encoding: str | None = None) -> np.ndarray
     row = msg.width * channels * np.dtype(dtype).itemsize
     if msg.width <= 0 or msg.height <= 0 or msg.step < row:
         raise ImageMessageError(f"bad image geometry {msg.width}x{msg.height} step {msg.step} for {msg.encoding}")
-    data = bytes(msg.data) if not isinstance(msg.data, bytes | bytearray | memoryview | np.ndarray) else msg.data
-    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        buffer = np.frombuffer(msg.data, dtype=np.uint8)  # bytes / array.array('B'): no copy
+    except TypeError:
+        buffer = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if buffer.size != msg.step * msg.height:
         raise ImageMessageError(f"image data has {buffer.size} bytes, expected step*height = "
                                 f"{msg.step * msg.height}")
