@@ -255,7 +255,8 @@ def train(model, train_set: StepDataset, val_set: StepDataset, config: SFTConfig
             raise FloatingPointError(f"SFT loss became {float(loss)} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
+        for group in optimizer.param_groups:  # per group: the backbone's large gradients must not starve the head
+            accelerator.clip_grad_norm_(group["params"], config.grad_clip)
         optimizer.step()
         samples += len(batch["instructions"]) * accelerator.num_processes
         losses.append(loss.item())

@@ -1,0 +1,217 @@
+"""packager_node over real DDS: transitions -> durable episodes, stage 0 -> worker -> FULL_WEIGHTS_READY -> online
+successes -> stage 2 -> version 2; SIGKILL mid-episode. Plus the core Packager's result checks (no ROS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import VENV_BIN, wait_for
+
+from irevla_ros.core.data.codec import Transition
+from irevla_ros.core.data.episodes import STATUS_INCOMPLETE, EpisodeStore, EpisodeWriter, _decode_records
+from irevla_ros.core.data.packager import Packager, PackagerConfig
+from irevla_ros.core.data.spool import Spool
+from irevla_ros.core.iteration import Iteration
+from irevla_ros.core.sft.synthetic import record_synthetic, target_action
+
+KEY = bytes(range(32))
+
+
+def _key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sft.key"
+    path.write_text(KEY.hex())
+    path.chmod(0o600)
+    return path
+
+
+def _transitions(episode_id: str, n: int, *, success: bool, seed: int, cameras=("front",)) -> list[Transition]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n):
+        color = rng.uniform(0, 1, 3).astype(np.float32)
+        img = np.clip(color * 255 + rng.normal(0, 6, (32, 32, 3)), 0, 255).astype(np.uint8)
+        last = s == n - 1
+        out.append(Transition(episode_id=episode_id, step=s, features=np.zeros((4, 8), np.float16),
+                              action=target_action(color), reward=float(success and last), done=last, terminal=last,
+                              success=success and last, policy_version="1", task="reach the coloured target",
+                              proprio=np.r_[color, [0.0] * 5].astype(np.float32),
+                              images=np.stack([img] * len(cameras)), cameras=",".join(cameras)))
+    return out
+
+
+def _node_cmd(tmp_path: Path, **params) -> list[str]:
+    cmd = [str(VENV_BIN / "packager_node"), "--ros-args"]
+    for k, v in {"run_dir": str(tmp_path / "run"), "key_file": str(_key_file(tmp_path)), "poll_s": 0.3,
+                 **params}.items():
+        cmd += ["-p", f"{k}:={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"]
+    return cmd
+
+
+def _publisher(ros):
+    from std_msgs.msg import String, UInt8MultiArray
+
+    from irevla_ros import interfaces as itf
+    from irevla_ros.nodes._common import DATA_QOS
+
+    tpub = ros.node.create_publisher(UInt8MultiArray, itf.TRANSITION.name, DATA_QOS)
+    epub = ros.node.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)
+    ros.wait_for_subscribers(tpub)
+    ros.wait_for_subscribers(epub)
+
+    def send(transitions, *, end: bool = True):
+        eid = transitions[0].episode_id
+        epub.publish(String(data=json.dumps({"episode_id": eid, "event": "start", "instruction": transitions[0].task,
+                                             "policy_version": "1"})))
+        for t in transitions:
+            msg = UInt8MultiArray()
+            msg.data = t.to_bytes()
+            tpub.publish(msg)
+        if end:
+            epub.publish(String(data=json.dumps({"episode_id": eid, "event": "end", "success": transitions[-1].success,
+                                                 "steps": len(transitions)})))
+
+    return send, tpub
+
+
+def test_sigkill_mid_episode_keeps_finished_episodes_and_marks_the_cut_one(tmp_path, procs, ros):
+    proc = procs.start(_node_cmd(tmp_path, sft_enabled=False), name="packager")
+    send, tpub = _publisher(ros)
+    send(_transitions("ep-a", 4, success=True, seed=1))
+    send(_transitions("ep-b", 3, success=False, seed=2))
+    send(_transitions("ep-cut", 5, success=True, seed=3)[:3], end=False)
+    root = tmp_path / "run" / "episodes"
+    journal = root / "partial" / "ep-cut" / "steps.bin"
+    wait_for(lambda: len(EpisodeStore(root).episodes()) == 2 and journal.exists()
+             and len(_decode_records(journal.read_bytes())) == 3, 30, what="2 episodes + 3 journaled steps")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    store = EpisodeStore(root)
+    a, b = store.episodes()
+    assert (a.episode_id, a.length, a.success, b.episode_id, b.length, b.success) == ("ep-a", 4, True, "ep-b", 3,
+                                                                                       False)
+    ep = store.load(a)  # sha256-verified, frames exactly what the policy saw
+    np.testing.assert_array_equal(ep.frames("front")[2], _transitions("ep-a", 4, success=True, seed=1)[2].images[0])
+    assert a.source == "online" and a.task == "reach the coloured target" and a.policy_version == "1"
+    assert store.in_progress() == ["ep-cut"]
+    # the next packager (or any writer) recovers the cut episode as incomplete; never listed as finished
+    (cut,) = EpisodeWriter(root).recovered
+    assert cut.episode_id == "ep-cut" and cut.status == STATUS_INCOMPLETE and cut.length == 3
+    assert [e.episode_id for e in store.episodes()] == ["ep-a", "ep-b"]
+    del tpub
+
+
+@pytest.mark.slow
+def test_stage0_job_worker_weights_then_online_successes_trigger_stage2(tmp_path, procs, ros):
+    from std_msgs.msg import String
+
+    from irevla_ros import interfaces as itf
+    from irevla_ros.core.model.vla import VLAModel, folder_sha256
+    from irevla_ros.nodes._common import LATCHED_QOS
+
+    experts = tmp_path / "experts"
+    record_synthetic(EpisodeWriter(experts), episodes=6, steps=6, seed=5)
+    ready = ros.collect(String, itf.FULL_WEIGHTS_READY.name, LATCHED_QOS)
+    status = ros.collect(String, itf.ITERATION_STATUS.name, LATCHED_QOS)
+    procs.start(_node_cmd(tmp_path, expert_dataset_dirs=str(experts), sft_steps=25, sft_batch_size=8, sft_lr=0.003,
+                          stage0_mode="lora", stage2_mode="lora", sft_every_n_successes=2, val_fraction=0.3),
+                name="packager")
+    procs.start([str(VENV_BIN / "irevla"), "sft-worker", "--spool", str(tmp_path / "run" / "spool"), "--key",
+                 str(_key_file(tmp_path)), "--work-dir", str(tmp_path / "work"), "--poll-s", "0.3", "--no-progress"],
+                name="worker")
+    wait_for(lambda: len(ready) >= 1, 240, what="stage-0 weights announced")
+    first = json.loads(ready[-1].data)
+    assert first["version"] == "1" and folder_sha256(first["path"]) == first["sha256"]
+    model = VLAModel.from_pretrained(first["path"])
+    assert model.version == "1" and model.has_lora
+    it = Iteration(tmp_path / "run" / "iteration.json").state
+    assert (it.stage, it.phase, it.sft_count) == (1, "rl", 1)
+    assert it.history[0]["metrics"]["val_mse_after"] < it.history[0]["metrics"]["val_mse_before"]
+
+    send, _ = _publisher(ros)
+    send(_transitions("on-1", 5, success=True, seed=11))
+    send(_transitions("on-2", 4, success=False, seed=12))
+    send(_transitions("on-3", 5, success=True, seed=13))
+    wait_for(lambda: any(json.loads(m.data)["version"] == "2" for m in ready), 240, what="stage-2 weights announced")
+    second = json.loads(ready[-1].data)
+    assert folder_sha256(second["path"]) == second["sha256"] and VLAModel.from_pretrained(second["path"]).version == "2"
+    it = Iteration(tmp_path / "run" / "iteration.json").state
+    assert (it.stage, it.iteration, it.sft_count, it.policy_version) == (1, 1, 2, "2")
+    job = next(p for p in (tmp_path / "run" / "sft" / "jobs").iterdir() if p.name.startswith("s2"))
+    body = json.loads((job / "job.json").read_text())
+    assert body["counts"] == {"expert": 6, "online": 2, "steps": 6 * 6 + 10}  # only the successful online ones
+    assert body["base_model"]["id"] == first["sha256"]  # stage 2 fine-tunes the stage-0 result
+    wait_for(lambda: status and json.loads(status[-1].data)["iteration"] == 1, 10, what="status iteration 1")
+
+
+def _fake_result(tmp_path: Path, packager: Packager, *, key: bytes, mse_before: float, mse_after: float,
+                 flip: bool = False):
+    """A worker's reply built by hand: a real tiny model folder, signed with `key`."""
+    from irevla_ros.core.model.vla import VLAModel
+
+    job_id = packager.iteration.state.job_id
+    spool = Spool(packager.config.spool, key)
+    lease = spool.claim("test-worker", job_id)
+    out = tmp_path / "result"
+    sha = VLAModel.from_preset("tiny", num_cameras=1, seed=0).save_pretrained(out / "model", version="1")
+    spool.publish_result(lease, out, {"version": "1", "model_path": "model", "model_sha256": sha,
+                                      "metrics": {"val_mse_before": mse_before, "val_mse_after": mse_after}})
+    if flip:
+        target = next((Path(packager.config.run_dir) / "spool" / "results" / job_id).rglob("head.safetensors"))
+        blob = bytearray(target.read_bytes())
+        blob[-3] ^= 0x10
+        target.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("attack", ["flip_byte", "wrong_key", "worse_than_before"])
+def test_bad_results_are_rejected_and_nothing_announced(tmp_path, attack):
+    experts = tmp_path / "experts"
+    record_synthetic(EpisodeWriter(experts), episodes=3, steps=3, seed=5)
+    announced = []
+    cfg = PackagerConfig(run_dir=str(tmp_path / "run"), key_file=str(_key_file(tmp_path)),
+                         expert_dataset_dirs=str(experts), verify_result=False, val_fraction=0.3)
+    packager = Packager(cfg, announce=announced.append)
+    packager.poll()
+    assert packager.iteration.state.phase == "waiting"
+    _fake_result(tmp_path, packager, key=b"q" * 32 if attack == "wrong_key" else KEY, mse_before=0.2,
+                 mse_after=0.5 if attack == "worse_than_before" else 0.1, flip=attack == "flip_byte")
+    packager.poll()
+    state = packager.iteration.state
+    assert announced == [] and state.policy_version == "" and state.phase == "need_job"  # stage 0: ask again
+    reason = {"flip_byte": "tampered", "wrong_key": "another key", "worse_than_before": "worse"}[attack]
+    assert reason in state.last_error
+    assert not (tmp_path / "run" / "sft" / "results").exists()
+    assert not list((tmp_path / "run" / "sft").glob("incoming/*"))
+
+
+def test_good_result_is_announced_and_reannounced_after_restart(tmp_path):
+    experts = tmp_path / "experts"
+    record_synthetic(EpisodeWriter(experts), episodes=3, steps=3, seed=5)
+    announced = []
+    cfg = PackagerConfig(run_dir=str(tmp_path / "run"), key_file=str(_key_file(tmp_path)),
+                         expert_dataset_dirs=str(experts), verify_result=False, val_fraction=0.3)
+    packager = Packager(cfg, announce=announced.append)
+    packager.poll()
+    _fake_result(tmp_path, packager, key=KEY, mse_before=0.2, mse_after=0.1)
+    packager.poll()
+    assert [a["version"] for a in announced] == ["1"] and Path(announced[0]["path"]).is_dir()
+    again = []
+    restarted = Packager(cfg, announce=again.append)  # resumes from iteration.json
+    assert again == announced and restarted.iteration.state.stage == 1
+    ok, msg = restarted.trigger()
+    assert ok and restarted.iteration.wants_job() == 2
+    ok, msg = restarted.trigger()
+    assert not ok and "not in RL" in msg
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ValueError, match="episode_source"):
+        PackagerConfig(episode_source="youtube")
+    with pytest.raises(ValueError, match="poll_s"):
+        PackagerConfig(poll_s=float("nan"))
+    with pytest.raises(ValueError, match="expert_fraction"):
+        PackagerConfig(expert_fraction=1.5)
