@@ -117,7 +117,24 @@ class TypeRegistry:
         try:
             return self.store.deserialize_cdr(data, msgtype)
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a corrupt message
+            # Fast-CDR (what DDS puts on the wire) pads empty float64 sequences for alignment where rosbags'
+            # strict size check expects none: accept up to 8 bytes of trailing padding, nothing more.
+            message = self._deserialize_padded(data, msgtype)
+            if message is not None:
+                return message
             raise BagError(f"cannot decode a {msgtype} message ({len(data)} bytes): {exc}") from exc
+
+    def _deserialize_padded(self, data: bytes, msgtype: str):
+        if len(data) < 4 or data[:2] not in (b"\x00\x00", b"\x00\x01"):
+            return None
+        msgdef = self.store.get_msgdef(msgtype)
+        func = msgdef.deserialize_cdr_le if data[1] else msgdef.deserialize_cdr_be
+        try:
+            message, pos = func(memoryview(data)[4:], 0, msgdef.cls, self.store)
+        except Exception:  # noqa: BLE001
+            return None
+        padding = len(data) - 4 - pos
+        return message if 0 <= padding <= 8 and not any(data[4 + pos:]) else None
 
 
 # --- Writer. ------------------------------------------------------------------------------------------------
