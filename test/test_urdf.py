@@ -109,3 +109,26 @@ def test_kinematics_equal_the_dh_table_everywhere(root, model):
     for _ in range(50):
         q = rng.uniform(lows, highs)
         np.testing.assert_allclose(_tcp(model, q, fingers=0.03), dh_tcp(q), atol=POS_ATOL)
+
+
+def test_rviz_config_shows_the_stack_topics_in_the_base_frame():
+    import yaml
+
+    config = yaml.safe_load((URDF.parent.parent / "config" / "irevla.rviz").read_text())
+    manager = config["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == itf.BASE_FRAME
+    topics = {d["Name"]: (d["Class"], d.get("Topic", d.get("Description Topic", {})).get("Value"))
+              for d in manager["Displays"]}
+    expected = {
+        "RobotModel": ("rviz_default_plugins/RobotModel", "/robot_description"),
+        "EE pose": ("rviz_default_plugins/Pose", itf.EE_POSE.name),
+        "EE target": ("rviz_default_plugins/Pose", itf.EE_TARGET.name),
+        "Workspace box": ("rviz_default_plugins/Marker", itf.WORKSPACE_MARKER.name),
+        "Wrist camera": ("rviz_default_plugins/Image", itf.camera_image("wrist").name),
+        "Front camera": ("rviz_default_plugins/Image", itf.camera_image("front").name),
+    }
+    for name, want in expected.items():
+        assert topics[name] == want, name
+    # The workspace marker is latched by franka_node: rviz must ask for transient-local to get it.
+    box = next(d for d in manager["Displays"] if d["Name"] == "Workspace box")
+    assert box["Topic"]["Durability Policy"] == "Transient Local"
