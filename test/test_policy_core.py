@@ -20,7 +20,8 @@ DT = 0.1  # s, one tick at 10 Hz
 
 
 def make_actor(**overrides) -> PolicyActor:
-    cfg = PolicyConfig(**{"cameras": ("wrist", "front"), "max_steps": 5, "seed": 0, **overrides})
+    cfg = PolicyConfig(**{"cameras": ("wrist", "front"), "max_steps": 5, "seed": 0, "preset_proprio_dim": 8,
+                          **overrides})
     model, version = load_model(cfg)
     return PolicyActor(cfg, model, version, run_id="test")
 

@@ -92,9 +92,9 @@ def test_policy_node_episodes_hot_reload_and_staleness(procs, ros, tmp_path):
     proc = procs.start(["policy_node", "--ros-args", "-p", "mode:=eval", "-p", f"control_hz:={HZ}",
                         "-p", f"cameras:=[{','.join(CAMERAS)}]", "-p", "max_steps:=500",
                         "-p", "max_image_age_s:=0.4", "-p", "sim_reset_wait_s:=0.5",
-                        "-p", "instruction:=push the button"], name="policy_node")
+                        "-p", "instruction:=push the button", "-p", "preset_proprio_dim:=8"], name="policy_node")
     # The node's initial model: the same preset and seed, built here (random init is deterministic).
-    model, _ = load_model(PolicyConfig(cameras=CAMERAS, mode="eval"))
+    model, _ = load_model(PolicyConfig(cameras=CAMERAS, mode="eval", preset_proprio_dim=8))
     old_head = model.head
 
     commands: list[tuple[float, np.ndarray]] = []

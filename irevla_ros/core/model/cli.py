@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face VLM folder (BLIP-2, Llava, PaliGemma)")
     init.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
     init.add_argument("--cameras", type=int, default=1, help="images per observation")
-    init.add_argument("--proprio-dim", type=int, default=8, help="robot-state inputs of the head (0 = images + "
+    init.add_argument("--proprio-dim", type=int, default=0, help="robot-state inputs of the head (0 = images + "
                       "language only, as in the paper; 8 = EE pose + gripper width)")
     init.add_argument("--head-tokens", type=int, default=8, help="token learner outputs")
     init.add_argument("--head-hidden", type=int, default=256, help="head MLP width")

@@ -34,6 +34,9 @@ class PolicyConfig:
     model_dir: str = ""
     """Local VLA model folder (`irevla model init ...`); empty = the `model_preset`, random-init (tests, smoke)."""
     model_preset: str = "tiny"
+    preset_proprio_dim: int = 0
+    """Robot-state inputs of the preset model's head: 0 = images + language only (the paper; rl_node's default),
+    8 = also EE pose + gripper width. Must equal rl_node's `proprio_dim`. Ignored with `model_dir`."""
     device: str = "cpu"
     """cpu | cuda | cuda:N | auto (cuda if available)."""
     dtype: str = "float32"
@@ -86,6 +89,9 @@ class PolicyConfig:
             raise ValueError(f"sim_reset_wait_s must be in [0, 60] s, got {self.sim_reset_wait_s!r}")
         if not 1 <= self.max_steps <= 100_000:
             raise ValueError(f"max_steps must be in [1, 100000], got {self.max_steps!r}")
+        if self.preset_proprio_dim not in (0, 8):
+            raise ValueError(f"preset_proprio_dim must be 0 or 8 (x y z qx qy qz qw width), got "
+                             f"{self.preset_proprio_dim!r}")
         if not 0 <= self.torch_threads <= 256:
             raise ValueError(f"torch_threads must be in [0, 256], got {self.torch_threads!r}")
         if self.num_episodes < 0:
@@ -120,8 +126,9 @@ def load_model(config: PolicyConfig) -> tuple[VLAModel, str]:
                              f"parameter lists {len(config.cameras)}: {list(config.cameras)}")
         version = getattr(model, "version", "") or "0"
     else:
-        model = VLAModel.from_preset(config.model_preset, num_cameras=len(config.cameras), head={"proprio_dim": 8},
-                                     device=device, dtype=dtype, seed=config.seed)
+        model = VLAModel.from_preset(config.model_preset, num_cameras=len(config.cameras),
+                                     head={"proprio_dim": config.preset_proprio_dim}, device=device, dtype=dtype,
+                                     seed=config.seed)
         version = "0"
     if model.config.head.proprio_dim not in (0, 8):
         raise ValueError(f"the policy feeds 8 proprio values (x y z qx qy qz qw width); the model's head takes "
