@@ -45,7 +45,8 @@ def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 class SimEnv:
     def __init__(self, task: str, seed: int = 0, image_size: int | Sequence[int] = 128,
                  cameras: Sequence[str] = ("wrist", "front"), control_hz: float = 10.0, *,
-                 control: FrankaControlConfig | None = None, control_decimation: int = 2):
+                 control: FrankaControlConfig | None = None, control_decimation: int = 2,
+                 render_detail: str = "fast"):
         get_task(task)  # raises ValueError naming the known tasks
         if not (np.isfinite(control_hz) and 1.0 <= control_hz <= 100.0):
             raise ValueError(f"control_hz must be in [1, 100], got {control_hz!r}")
@@ -59,7 +60,8 @@ class SimEnv:
         self.controller = FrankaController(self.robot, control or sim_control_config(), clock=self._now)
         h, w = _image_hw(image_size)
         self.cameras = tuple(cameras)
-        self.renderer = CameraRenderer(self.model, w, h, self.cameras) if self.cameras else None
+        self.renderer = (CameraRenderer(self.model, w, h, self.cameras, detail=render_detail)
+                         if self.cameras else None)
         self.episode: Episode | None = None
         self.steps = 0
         self.robot.teleport(HOME_JOINTS)
