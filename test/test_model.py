@@ -226,3 +226,25 @@ def test_cli_init_writes_a_loadable_folder(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "irevla_ros.cli", "model", "info", str(out)], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 1 and "head.safetensors is corrupt" in bad.stderr
+
+
+def test_wrap_a_local_hf_vlm_folder(tmp_path):
+    """`from_hf` / `irevla model init --from-hf`: a plain Hugging Face folder (as downloaded by a user beforehand)
+    becomes a VLA model folder with a fresh head; the backbone's weights are the folder's, unchanged."""
+    src = VLAModel.from_preset("tiny-llava", num_cameras=1, seed=5)
+    hf_dir = tmp_path / "hf_llava"
+    src.backbone.save_pretrained(str(hf_dir))
+    src.tokenizer.save_pretrained(str(hf_dir))
+    wrapped = VLAModel.from_hf(hf_dir, num_cameras=2, head={"proprio_dim": 8})
+    assert wrapped.config.family == "llava" and wrapped.config.num_cameras == 2
+    assert wrapped.backbone_fingerprint() == src.backbone_fingerprint()
+    feats = wrapped.encode(frames(2, batch=1), ["stack the blocks"])
+    assert feats.shape[1:] == wrapped.feature_shape and torch.isfinite(feats).all()
+    out = tmp_path / "vla"
+    res = subprocess.run([sys.executable, "-m", "irevla_ros.cli", "model", "init", "--from-hf", str(hf_dir),
+                          "--cameras", "2", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert VLAModel.from_pretrained(out).backbone_fingerprint() == src.backbone_fingerprint()
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="unsupported backbone model_type"):
+        VLAModel.from_hf(hf_dir)

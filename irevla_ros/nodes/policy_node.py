@@ -26,6 +26,7 @@ from std_msgs.msg import Bool, Float32, Float64MultiArray, String, UInt8MultiArr
 from std_srvs.srv import Trigger
 
 from irevla_ros import interfaces as itf
+from irevla_ros.core.data.codec import PayloadError
 from irevla_ros.core.model.processor import InputError
 from irevla_ros.core.policy.actor import PolicyActor, PolicyConfig, TickOutput, load_model
 from irevla_ros.core.policy.hotswap import WeightsRejected
@@ -104,6 +105,7 @@ class PolicyNode(Node):
 
         self._last_tick: float | None = None
         self.missed_ticks = 0
+        self.tick_errors = 0
         self.tick_durations: list[float] = []
         self.tick_starts: list[float] = []  # wall clock (perf_counter) at each tick start: jitter, bench
         self.model_durations: list[float] = []  # backbone + head part of each tick that ran the model
@@ -196,7 +198,13 @@ class PolicyNode(Node):
         if self._last_tick is not None and now - self._last_tick > 1.5 * self.config.period_s:
             self.missed_ticks += int(round((now - self._last_tick) / self.config.period_s)) - 1
         self._last_tick = now
-        out = self.actor.tick(now)
+        try:
+            out = self.actor.tick(now)
+        except Exception as exc:  # noqa: BLE001 - keep the node alive: no command, the franka watchdog holds
+            self.tick_errors += 1
+            self.get_logger().error(f"tick failed, no command this tick: {type(exc).__name__}: {exc}",
+                                    throttle_duration_sec=2.0)
+            return
         self._publish(out)
         self.tick_starts.append(w0)
         self.tick_durations.append(time.perf_counter() - w0)
@@ -216,7 +224,11 @@ class PolicyNode(Node):
             self.action_pub.publish(to_float64_array(out.command, label=",".join(itf.ACTION_LABELS)))
         for tr in out.transitions:
             msg = UInt8MultiArray()
-            msg.data = tr.to_bytes()
+            try:
+                msg.data = tr.to_bytes()
+            except PayloadError as exc:  # e.g. features beyond fp16 range: say so, keep acting
+                self.get_logger().error(f"transition {tr.episode_id}/{tr.step} not published: {exc}")
+                continue
             self.transition_pub.publish(msg)
         for event in out.events:
             if event["event"] == "end":

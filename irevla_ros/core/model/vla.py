@@ -394,7 +394,8 @@ class VLAModel(nn.Module):
         else:
             pre = mean
         log_prob = ActionHead._log_prob(pre, mean, log_std)
-        return ActOutput(features=features.to(torch.float16).cpu().numpy(),
+        fp16_max = torch.finfo(torch.float16).max  # transitions carry fp16: saturate rather than overflow to inf
+        return ActOutput(features=features.float().clamp(-fp16_max, fp16_max).to(torch.float16).cpu().numpy(),
                          action=torch.tanh(pre).float().cpu().numpy(),
                          log_prob=log_prob.float().cpu().numpy(),
                          mean_action=torch.tanh(mean).float().cpu().numpy())
