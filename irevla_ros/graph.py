@@ -76,6 +76,7 @@ COMMON_ARGS: tuple[LaunchArgSpec, ...] = (
     LaunchArgSpec("teleop", "none", "Teleoperation device", ("none", "keyboard", "spacemouse")),
     LaunchArgSpec("web", "false", "Start the Foxglove live view on localhost", ("true", "false")),
     LaunchArgSpec("algorithm", "sac", "Stage-1 learner", ("sac", "ppo")),
+    LaunchArgSpec("record", "false", "Record a rosbag2 MCAP bag of the run under run_dir/bags", ("true", "false")),
     LaunchArgSpec("rviz", "false", "Start robot_state_publisher + rviz2 (full ROS 2 installs only)", ("true", "false")),
 )
 
@@ -119,6 +120,9 @@ def _teleop(args: Mapping[str, str], *, required: bool) -> list[NodeSpec]:
 def _monitoring(args: Mapping[str, str]) -> list[NodeSpec]:
     """Live views: Foxglove bridge (ours, runs anywhere) and rviz2 (needs a full ROS 2 install)."""
     nodes = []
+    if _is_true(args["record"]):
+        nodes.append(NodeSpec("bag_recorder", "bag_recorder", ("bag_recorder.yaml",),
+                              {"output": f"{args['run_dir']}/bags"}, required=False))
     if _is_true(args["web"]):
         nodes.append(NodeSpec("foxglove_bridge", "foxglove_bridge", ("foxglove_bridge.yaml",), required=False))
     if _is_true(args["rviz"]):

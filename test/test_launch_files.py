@@ -77,7 +77,7 @@ VARIANTS = [
     ("online_rl", {}),
     ("online_rl", {"sim": "faithful"}),
     ("online_rl", {"sim": "fast", "teleop": "keyboard", "web": "true", "robot_ip": "10.0.0.2"}),
-    ("online_rl", {"rviz": "true", "algorithm": "ppo"}),
+    ("online_rl", {"rviz": "true", "algorithm": "ppo", "record": "true"}),
     ("teleop_demos", {"sim": "fast"}),
     ("replay", {"bag": "/tmp/x.mcap"}),
 ]
@@ -142,7 +142,7 @@ def test_every_parameter_file_loads_and_sets_only_declared_parameters():
     checked = 0
     for profile in graph.PROFILES:
         for sim in graph.SIM_CHOICES:
-            specs, args = graph.build(profile, {"sim": sim, "teleop": "keyboard", "web": "true"})
+            specs, args = graph.build(profile, {"sim": sim, "teleop": "keyboard", "web": "true", "record": "true"})
             for spec in specs:
                 if spec.kind != "node" or spec.package != graph.PACKAGE:
                     continue
@@ -167,7 +167,8 @@ def test_every_parameter_file_loads_and_sets_only_declared_parameters():
 
 def test_every_config_file_section_belongs_to_a_node():
     node_names = {s.name for p in graph.PROFILES for sim in graph.SIM_CHOICES
-                  for s in graph.build(p, {"sim": sim, "teleop": "keyboard", "web": "true"})[0]} | {"franka_node"}
+                  for s in graph.build(p, {"sim": sim, "teleop": "keyboard", "web": "true", "record": "true"})[0]}
+    node_names.add("franka_node")
     for path in (REPO / "config").glob("*.yaml"):
         content = yaml.safe_load(path.read_text()) or {}
         for section in content:

@@ -33,7 +33,7 @@ def all_specs() -> list[graph.NodeSpec]:
     specs = []
     for name in graph.PROFILES:
         for sim in graph.SIM_CHOICES:
-            for extra in ({}, {"teleop": "keyboard", "web": "true", "rviz": "true"}):
+            for extra in ({}, {"teleop": "keyboard", "web": "true", "rviz": "true", "record": "true"}):
                 nodes, _ = graph.build(name, {"sim": sim, **extra})
                 specs += nodes
     return specs
