@@ -167,7 +167,10 @@ def test_backend_color_byte_identical_and_depth_aligned(software):
     cam = _camera(software)
     with cam:
         assert same_intrinsics(cam.intrinsics, software.intrinsics)
-        frames = [cam.read(2.0) for _ in range(8)]
+        frames = []
+        # under CPU load the syncer may hand out a color frame before its depth partner: read until 6 pairs
+        while sum(f.depth is not None for f in frames) < 6 and len(frames) < 60:
+            frames.append(cam.read(2.0))
     numbers = [f.frame_number for f in frames]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     for f in frames:

@@ -149,7 +149,8 @@ def test_playback_of_a_db3_recording_is_byte_identical(ros, procs, tmp_path):
     assert -1 not in seen(), "a published image differs from every recorded frame"
     order = [index[bytes(m.data)] for m in rx_image.msgs]
     steps = [(b - a) % 10 for a, b in zip(order, order[1:], strict=False)]
-    assert all(s in (1, 2) for s in steps), f"frames out of order: {order}"  # a loop restart may skip one
+    # in order (a reorder shows as a step of 9 = -1); a loaded machine may drop a few frames (reliable, depth 2)
+    assert all(1 <= s <= 5 for s in steps), f"frames out of order: {order}"
     _check_stamps(rx_image)
     assert rx_info.msgs and all(same_intrinsics(intrinsics_from_camera_info(m), intr) for m in rx_info.msgs)
     assert list(rx_info.msgs[0].d) == pytest.approx(intr.coeffs, rel=1e-6)
