@@ -257,3 +257,18 @@ def test_demos_cli_records_successful_expert_episodes(tmp_path):
     assert ep.action.shape == (len(ep), 7) and np.all(np.abs(ep.action) <= 1.0)
     assert ep.success[-1] and not ep.success[:-1].any(), "success only on the last step"
     assert infos[0].tasks[0].startswith("press the ")
+
+
+def test_sim_yaml_gives_the_franka_node_the_sim_step_scale():
+    """SimEnv and the graph's franka node (faithful and fast mode) must scale actions alike: config/sim.yaml's
+    franka_node section has to carry SimEnv's per-tick scale."""
+    from pathlib import Path
+
+    import yaml
+
+    from irevla_ros.sim.control import SIM_MAX_ROTATION_PER_TICK, SIM_MAX_TRANSLATION_PER_TICK
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "sim.yaml").read_text())
+    franka = (cfg.get("franka_node") or {}).get("ros__parameters") or {}
+    assert franka.get("max_translation_per_tick") == SIM_MAX_TRANSLATION_PER_TICK, franka
+    assert franka.get("max_rotation_per_tick") == SIM_MAX_ROTATION_PER_TICK, franka
