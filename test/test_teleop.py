@@ -190,3 +190,46 @@ def test_scripted_device_drives_teleop_node_through_the_mux(procs, ros, tmp_path
     start, end = (json.loads(m.data) for m in episodes[:2])
     assert start["event"] == "start" and end["event"] == "end" and end["success"] is True
     assert end["episode_id"] == start["episode_id"] and end["steps"] >= len(human)  # all teleop commands counted
+
+
+def test_keyboard_mode_node_reads_keys_from_a_fifo(procs, ros, tmp_path):
+    """The real keyboard code path in the real node, fed through a FIFO instead of a person at a terminal."""
+    from std_msgs.msg import Float64MultiArray, String
+
+    from irevla_ros import interfaces as itf
+    from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS
+
+    fifo = tmp_path / "keys"
+    os.mkfifo(fifo)
+    actions = ros.collect(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS)
+    labels = ros.collect(String, itf.HUMAN_LABEL.name, DATA_QOS)
+    node = procs.start(["teleop_node", "--ros-args", "-p", "device:=keyboard", "-p", f"keyboard_input:={fifo}"],
+                       name="teleop_keyboard")
+    opened: list[int] = []
+
+    def open_writer() -> bool:  # ENXIO until the node has opened its (reading) end
+        assert node.poll() is None, procs.log_of(node)
+        try:
+            opened.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return False
+        return True
+
+    wait_for(open_writer, 30, interval=0.1, what="the node to open the FIFO")
+    writer = opened[0]
+    try:
+        ros.wait_for_publishers(itf.TELEOP_ACTION.name, timeout=30)
+        ros.wait_for_publishers(itf.HUMAN_LABEL.name, timeout=30)
+
+        def pressed_w() -> bool:
+            os.write(writer, b"W")
+            return any(m.data[0] == pytest.approx(0.5) for m in actions)  # full key speed x translation scale
+
+        wait_for(pressed_w, 30, interval=0.1, what="a W key press driving +x")
+        os.write(writer, b" ")
+        wait_for(lambda: any(m.data[6] == 1.0 for m in actions), 10, what="the gripper toggle")
+        os.write(writer, b"b")
+        wait_for(lambda: [m.data for m in labels] == ["failure"], 10, what="the failure label")
+    finally:
+        os.close(writer)
+        assert node.poll() is None, procs.log_of(node)

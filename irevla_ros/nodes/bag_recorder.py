@@ -81,8 +81,9 @@ class BagRecorderNode(Node):
 
     def close(self) -> None:
         self.writer.close()
-        self.get_logger().info(f"closed {self.writer.path}: {self.writer.message_count} messages in "
-                               f"{len(self.writer.files)} file(s)")
+        # stderr, not the ROS logger: on SIGTERM the context is already shut down when this runs.
+        print(f"bag_recorder: closed {self.writer.path}: {self.writer.message_count} messages in "
+              f"{len(self.writer.files)} file(s)", file=sys.stderr)
 
 
 def main(args=None) -> int:
