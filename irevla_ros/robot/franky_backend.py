@@ -171,17 +171,22 @@ class FrankyRobot(Robot):
         self._call("move_ee", self.robot.move, motion, asynchronous=True)
 
     def hold(self) -> None:
-        """Retarget to the current measured pose: a smooth deceleration, then the arm stands (impedance hold)."""
+        """Decelerate along the current path and stand (CartesianStopMotion: no new target to plan toward);
+        the internal impedance controller then holds the pose. With no motion running the arm already
+        stands, and a stop motion from rest makes franky's planner fail, so nothing is sent."""
         f = self._franky
         self._surface_async_error()
-        here = self._call("read pose", lambda: self.robot.current_pose.end_effector_pose)
-        self._call("hold", self.robot.move, f.CartesianMotion(f.Affine(here.translation, here.quaternion),
-                                                             f.ReferenceType.Absolute), asynchronous=True)
+        if not self.robot.is_in_control:
+            return
+        self._call("hold", self.robot.move, f.CartesianStopMotion(), asynchronous=True)
 
     def move_joints(self, joints: np.ndarray, relative_speed: float = 0.2) -> None:
         """Blocking joint motion; `relative_speed` multiplies the robot's relative_dynamics_factor."""
         f = self._franky
-        self._surface_async_error()
+        # franky cannot preempt a Cartesian motion with a joint motion: come to rest first.
+        self.hold()
+        if self.robot.is_in_control and not self._call("settle before joint motion", self.robot.join_motion, 10.0):
+            raise RobotError("the arm did not come to rest within 10 s before the joint motion")
         motion = f.JointMotion(np.asarray(joints, dtype=np.float64),
                                relative_dynamics_factor=float(np.clip(relative_speed, 0.01, 1.0)))
         self._call("move_joints", self.robot.move, motion, asynchronous=True)

@@ -101,6 +101,8 @@ class FrankaControlConfig:
     reset_timeout_s: float = 30.0
     reset_tolerance_m: float = 0.01
     """m: a random-start reset waits until the EE is this close to the sampled pose."""
+    reset_joint_tolerance_rad: float = 0.02
+    """rad: a reset waits until every joint is this close to home_joints."""
 
     def __post_init__(self) -> None:
         self.workspace  # noqa: B018 - builds and validates the box
@@ -109,7 +111,8 @@ class FrankaControlConfig:
                              ("max_tracking_error_m", 1e-3, 1.0), ("max_tracking_error_rad", 1e-3, np.pi),
                              ("reset_speed", 0.01, 1.0), ("reset_random_margin_m", 0.0, 1.0),
                              ("reset_random_max_tilt_rad", 0.0, np.pi / 2), ("reset_random_max_yaw_rad", 0.0, np.pi),
-                             ("reset_timeout_s", 0.1, 600.0), ("reset_tolerance_m", 1e-4, 0.2)):
+                             ("reset_timeout_s", 0.1, 600.0), ("reset_tolerance_m", 1e-4, 0.2),
+                             ("reset_joint_tolerance_rad", 1e-4, 0.5)):
             _finite_in(name, getattr(self, name), lo, hi)
         if self.max_tracking_error_m < self.max_translation_per_tick:
             raise ValueError(f"max_tracking_error_m ({self.max_tracking_error_m}) must be >= "
@@ -145,7 +148,9 @@ class ControllerStatus:
     command_age_s: float
     gripper: str | None
     last_hold_t: float | None = None
-    """Controller-clock time the watchdog last held the arm (for measurements)."""
+    """Controller-clock time the watchdog last held the arm."""
+    hold_latency_s: float | None = None
+    """Last command -> watchdog hold, measured on the controller clock (<= timeout + one control tick)."""
 
 
 @dataclass
@@ -175,6 +180,7 @@ class FrankaController:
         self.target: Pose | None = None
         self.state: RobotState | None = None
         self.last_hold_t: float | None = None
+        self.hold_latency_s: float | None = None
         self._counters = _Counters()
         self._lock = threading.RLock()
 
@@ -219,7 +225,8 @@ class FrankaController:
         with self._lock:
             return ControllerStatus(self.mode, self.last_error, self._counters.applied,
                                     dict(self._counters.rejected), self.backoff.attempts, self._counters.recoveries,
-                                    self.target, self.watchdog.age(now), self.gripper.state, self.last_hold_t)
+                                    self.target, self.watchdog.age(now), self.gripper.state, self.last_hold_t,
+                                    self.hold_latency_s)
 
     # --- commands ---------------------------------------------------------------------------------------
     def _reject(self, reason: str, exc: Exception) -> Exception:
@@ -320,8 +327,13 @@ class FrankaController:
                     self.mode = HOLDING
                     self.target = None
                     self.last_hold_t = now
+                    self.hold_latency_s = now - self.watchdog.last_feed
             elif self.mode == ERROR and self.backoff.due(now):
                 self._attempt_recover(now)
+            if self.mode in _ACCEPTS_COMMANDS:
+                command = self.gripper.flush(now)
+                if command is not None:
+                    self._send_gripper(command, now)
             return self.mode
 
     def _on_error(self, exc: Exception, now: float) -> None:
@@ -396,6 +408,7 @@ class FrankaController:
             self.target = None
         try:
             self.robot.move_joints(np.asarray(self.config.home_joints, dtype=np.float64), self.config.reset_speed)
+            self._wait_until_reached(None)
             if mode == "random":
                 goal = self.box.sample(rng or np.random.default_rng(), self.config.reset_random_margin_m,
                                        self.config.reset_random_max_tilt_rad, self.config.reset_random_max_yaw_rad)
@@ -417,16 +430,29 @@ class FrankaController:
             self.watchdog.last_feed = -np.inf
         return Pose(state.ee_position, state.ee_quaternion)
 
-    def _wait_until_reached(self, goal: Pose) -> None:
+    def _wait_until_reached(self, goal: Pose | None) -> None:
+        """Poll until the arm is at the goal (EE within reset_tolerance_m; or, for goal None, joints within
+        reset_joint_tolerance_rad of home_joints) and has stopped (< 1 mm EE motion in 50 ms). A finished
+        motion plan is not enough: the arm may still be catching up with it."""
         deadline = time.monotonic() + self.config.reset_timeout_s
+        home = np.asarray(self.config.home_joints, dtype=np.float64)
+        previous = None
         while True:
             state = self.robot.read_state()
-            dist = float(np.linalg.norm(state.ee_position - goal.position))
-            if dist <= self.config.reset_tolerance_m and float(np.linalg.norm(state.joint_velocities)) < 0.02:
+            if goal is None:
+                err = float(np.max(np.abs(state.joint_positions - home)))
+                there = err <= self.config.reset_joint_tolerance_rad
+                what = f"{err:.4f} rad from home"
+            else:
+                err = float(np.linalg.norm(state.ee_position - goal.position))
+                there = err <= self.config.reset_tolerance_m
+                what = f"{err:.4f} m from the start pose"
+            still = previous is not None and float(np.linalg.norm(state.ee_position - previous)) < 1e-3
+            if there and still:
                 return
+            previous = state.ee_position
             if self.mode != RESETTING:
                 raise RobotError(f"reset interrupted (robot {self.mode})")
             if time.monotonic() > deadline:
-                raise RobotError(f"reset did not reach the start pose within {self.config.reset_timeout_s}s "
-                                 f"({dist:.3f} m away)")
-            time.sleep(0.01)
+                raise RobotError(f"reset did not settle within {self.config.reset_timeout_s}s ({what})")
+            time.sleep(0.05)

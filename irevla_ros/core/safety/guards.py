@@ -20,13 +20,16 @@ class GripperLatch:
 
     Close when the value rises above +threshold, open when it falls below -threshold; values in between keep
     the last state (hysteresis). A command is only issued when the state changes, and never twice within
-    `min_interval_s`, so an action hovering around a threshold cannot flood the gripper.
+    `min_interval_s`, so an action hovering around a threshold cannot flood the gripper. A change requested
+    inside the interval is kept as `pending` and issued by `flush()` once the interval has passed (unless a
+    later request cancels it).
     """
 
     threshold: float = 0.5
     min_interval_s: float = 0.5
     state: str | None = None
     """Last commanded state (GRIPPER_OPEN / GRIPPER_CLOSE), None before the first command."""
+    pending: str | None = None
     _last_command_t: float = -np.inf
 
     def __post_init__(self) -> None:
@@ -43,15 +46,30 @@ class GripperLatch:
             wanted = GRIPPER_OPEN
         else:
             return None
-        if wanted == self.state or now - self._last_command_t < self.min_interval_s:
+        if wanted == self.state:
+            self.pending = None
             return None
-        self.state = wanted
+        if now - self._last_command_t < self.min_interval_s:
+            self.pending = wanted
+            return None
+        return self._issue(wanted, now)
+
+    def flush(self, now: float) -> str | None:
+        """A pending change whose interval has passed (call periodically)."""
+        if self.pending is None or now - self._last_command_t < self.min_interval_s:
+            return None
+        return self._issue(self.pending, now)
+
+    def _issue(self, command: str, now: float) -> str:
+        self.state = command
+        self.pending = None
         self._last_command_t = now
-        return wanted
+        return command
 
     def force(self, state: str, now: float) -> None:
         """Record a state set from outside (reset opens the gripper)."""
         self.state = state
+        self.pending = None
         self._last_command_t = now
 
 
