@@ -221,3 +221,17 @@ def test_example_calibration_files_are_valid():
     assert (wrist.parent_frame, wrist.child_frame) == (itf.EE_FRAME, itf.camera_optical_frame("wrist"))
     assert (front.parent_frame, front.child_frame) == (itf.BASE_FRAME, itf.camera_optical_frame("front"))
     assert "EXAMPLE" in wrist.extra["notes"]
+
+
+def test_intrinsics_fallback_from_charuco_views():
+    """For a camera that reports no intrinsics: recover K from rendered views (fx/fy within 0.5 %, c within 2 px)."""
+    from irevla_ros.camera.charuco import calibrate_intrinsics
+
+    rng = np.random.default_rng(0)
+    _, boards = scenario(EYE_IN_HAND, 12, seed=7)
+    images = [render_view(SPEC, INTR, B, noise_std=2.0, rng=rng) for B in boards]
+    found, rms = calibrate_intrinsics(images, SPEC, distortion=False)
+    assert abs(found.fx / INTR.fx - 1) < 0.005 and abs(found.fy / INTR.fy - 1) < 0.005
+    assert abs(found.cx - INTR.cx) < 2.0 and abs(found.cy - INTR.cy) < 2.0 and rms < 0.5
+    with pytest.raises(ValueError, match="at least 6 views"):
+        calibrate_intrinsics(images[:3], SPEC)

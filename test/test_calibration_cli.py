@@ -162,3 +162,24 @@ def test_live_capture_over_ros_then_solve(ros, procs, tmp_path):
     calib = load_calibration(out)
     dt, dr = error_mm_deg(truth(EYE_IN_HAND)[0], calib.matrix)
     assert dt < 2 * RENDERED_MM and dr < 2 * RENDERED_DEG, (dt, dr)  # half resolution, fewer samples
+
+
+def test_intrinsics_subcommand_and_hand_eye_with_those_intrinsics(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    _, boards = scenario(EYE_IN_HAND, 10, seed=8)
+    (tmp_path / "views").mkdir()
+    for i, B in enumerate(boards):
+        cv2.imwrite(str(tmp_path / "views" / f"{i}.png"), render_view(SPEC, INTR, B, noise_std=2.0, rng=rng))
+    assert irevla(["calibrate", "intrinsics", "--images", str(tmp_path / "views"), "--out",
+                   str(tmp_path / "intr.yaml"), "--no-distortion"]) == 0
+    assert "rms" in capsys.readouterr().out
+    write_samples(tmp_path / "s", EYE_IN_HAND, 10)
+    (tmp_path / "s" / "intrinsics.yaml").unlink()  # the camera gave none: use the fallback file
+    out = tmp_path / "wrist.yaml"
+    assert irevla(["calibrate", "hand-eye", "--samples", str(tmp_path / "s"), "--intrinsics",
+                   str(tmp_path / "intr.yaml"), "--out", str(out)]) == 0
+    dt, dr = error_mm_deg(truth(EYE_IN_HAND)[0], load_calibration(out).matrix)
+    assert dt < 3 * RENDERED_MM and dr < 3 * RENDERED_DEG, (dt, dr)  # intrinsics estimated, not exact
+    assert irevla(["calibrate", "intrinsics", "--images", str(tmp_path / "nothing"), "--out",
+                   str(tmp_path / "x.yaml")]) == 1
+    assert "no PNG/JPG images" in capsys.readouterr().err

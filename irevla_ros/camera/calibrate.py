@@ -5,6 +5,9 @@
                                                              the camera topics; samples saved, then solved
   irevla calibrate hand-eye --camera wrist --samples DIR     solve again from saved samples (no ROS needed)
   irevla calibrate show calibration/wrist.yaml               validate and print a calibration file
+  irevla calibrate intrinsics --images DIR --out front_intrinsics.yaml
+                                                             fallback intrinsics from ChArUco views, for
+                                                             cameras that report none (use with --intrinsics)
 
 A samples folder holds intrinsics.yaml, samples.jsonl (one line per sample: image file, EE pose in the base
 frame) and the PNG images, so every calibration can be re-solved and audited offline.
@@ -33,7 +36,7 @@ from irevla_ros.camera.calibration import (
     load_calibration,
     save_calibration,
 )
-from irevla_ros.camera.charuco import CharucoBoardSpec, board_image, detect_board
+from irevla_ros.camera.charuco import CharucoBoardSpec, board_image, calibrate_intrinsics, detect_board
 from irevla_ros.camera.handeye import EYE_IN_HAND, METHODS, MODES, HandEyeResult, calibrate, predicted_board_poses
 from irevla_ros.camera.transforms import pose_matrix, quaternion_from_matrix, rotation_angle
 
@@ -50,15 +53,22 @@ class Sample:
     name: str = ""
 
 
-def save_intrinsics(folder: Path, intrinsics: Intrinsics) -> None:
+def write_intrinsics(path: Path, intrinsics: Intrinsics, **extra) -> None:
     data = {"width": intrinsics.width, "height": intrinsics.height, "fx": intrinsics.fx, "fy": intrinsics.fy,
             "cx": intrinsics.cx, "cy": intrinsics.cy, "distortion_model": intrinsics.distortion_model,
-            "coeffs": list(intrinsics.coeffs)}
-    (folder / INTRINSICS_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
+            "coeffs": list(intrinsics.coeffs), **extra}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def save_intrinsics(folder: Path, intrinsics: Intrinsics) -> None:
+    write_intrinsics(folder / INTRINSICS_FILE, intrinsics)
 
 
 def load_intrinsics(folder: Path) -> Intrinsics:
-    path = folder / INTRINSICS_FILE
+    return read_intrinsics(folder / INTRINSICS_FILE)
+
+
+def read_intrinsics(path: Path) -> Intrinsics:
     try:
         data = yaml.safe_load(path.read_text())
         return Intrinsics(int(data["width"]), int(data["height"]), float(data["fx"]), float(data["fy"]),
@@ -233,11 +243,10 @@ class _Capture:
         rclpy.try_shutdown(context=self.context)
 
 
-def capture_samples(args, folder: Path, spec: CharucoBoardSpec) -> None:
+def capture_samples(args, folder: Path, spec: CharucoBoardSpec, intrinsics: Intrinsics | None = None) -> None:
     capture = _Capture(args.camera, args.still_s)
     try:
         deadline = time.monotonic() + args.timeout_s
-        intrinsics = None
         while intrinsics is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no CameraInfo on {itf.camera_info(args.camera).name} within {args.timeout_s} s")
@@ -320,6 +329,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     he.add_argument("--max-residual-mm", type=float, default=10.0,
                     help="refuse to write a result whose rms board-position residual exceeds this")
     _board_arguments(he)
+    he.add_argument("--intrinsics", type=Path, default=None,
+                    help="intrinsics yaml (from `irevla calibrate intrinsics`) instead of the camera's CameraInfo")
+    intr = sub.add_parser("intrinsics", help="camera intrinsics from ChArUco images (fallback)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    intr.add_argument("--images", type=Path, required=True, help="folder of PNG/JPG views of the board")
+    intr.add_argument("--out", type=Path, required=True, help="intrinsics yaml to write")
+    intr.add_argument("--no-distortion", action="store_true", help="fit K only (distortion-free camera)")
+    _board_arguments(intr)
     show = sub.add_parser("show", help="validate and print a calibration file")
     show.add_argument("file", type=Path)
 
@@ -335,6 +352,8 @@ def run(args) -> int:
             print(f"wrote {args.out}: {spec.squares_x}x{spec.squares_y} squares; print it so that a square measures "
                   f"{spec.square_length_m * 1000:.1f} mm (board {w * 1000:.0f} x {h * 1000:.0f} mm)")
             return 0
+        if args.action == "intrinsics":
+            return _intrinsics(args)
         if args.action == "show":
             calib = load_calibration(args.file)
             print(yaml.safe_dump(calib.to_dict(), sort_keys=False, default_flow_style=None), end="")
@@ -345,16 +364,36 @@ def run(args) -> int:
         return 1
 
 
+def _intrinsics(args) -> int:
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) \
+        if args.images.is_dir() else []
+    if not paths:
+        raise ValueError(f"no PNG/JPG images in {args.images}")
+    images = []
+    for path in paths:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read image {path}")
+        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    intrinsics, rms = calibrate_intrinsics(images, _spec(args), distortion=not args.no_distortion)
+    write_intrinsics(args.out, intrinsics, reprojection_rms_px=rms, views=len(images))
+    print(f"fx={intrinsics.fx:.2f} fy={intrinsics.fy:.2f} cx={intrinsics.cx:.2f} cy={intrinsics.cy:.2f} "
+          f"coeffs={np.round(intrinsics.coeffs, 4).tolist()} from {len(images)} images, rms {rms:.3f} px")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _hand_eye(args) -> int:
     mode = args.mode or (EYE_IN_HAND if args.camera == "wrist" else "eye_to_hand")
     spec = _spec(args)
     folder = args.samples or Path("calibration") / "samples" / args.camera
     out = args.out or Path("calibration") / f"{args.camera}.yaml"
+    override = read_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.capture:
         folder.mkdir(parents=True, exist_ok=True)
-        capture_samples(args, folder, spec)
+        capture_samples(args, folder, spec, override)
     samples = load_samples(folder)
-    report = solve_samples(samples, load_intrinsics(folder), spec, mode, args.method)
+    report = solve_samples(samples, override or load_intrinsics(folder), spec, mode, args.method)
     res = report.result.residuals
     T = report.result.transform
     print(f"{mode} ({report.result.method}) from {len(report.used)} samples"

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from irevla_ros.camera.base import Intrinsics
-from irevla_ros.camera.transforms import from_rvec, invert, to_rvec
+from irevla_ros.camera.transforms import from_rvec
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,40 @@ def detect_board(image: np.ndarray, intrinsics: Intrinsics, spec: CharucoBoardSp
     return BoardDetection(from_rvec(rvec, tvec), image_points, object_points, rms)
 
 
+def calibrate_intrinsics(images: list[np.ndarray], spec: CharucoBoardSpec, *, min_views: int = 6,
+                         distortion: bool = True) -> tuple[Intrinsics, float]:
+    """Camera intrinsics from ChArUco views (the fallback when a camera reports none): cv2.calibrateCamera on
+    the detected corners. Returns the intrinsics (plumb_bob) and the rms reprojection error in pixels.
+    Needs `min_views` views with the board at different tilts (fronto-parallel views alone leave f undetermined)."""
+    if not images:
+        raise ValueError("no images given")
+    height, width = images[0].shape[:2]
+    board = spec.board()
+    detector = cv2.aruco.CharucoDetector(board)
+    object_points, image_points = [], []
+    for image in images:
+        if image.shape[:2] != (height, width):
+            raise ValueError(f"all images must have one size; got {image.shape[1]}x{image.shape[0]} and "
+                             f"{width}x{height}")
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        corners, ids, _, _ = detector.detectBoard(gray)
+        if ids is None or len(ids) < 8:
+            continue
+        obj, img = board.matchImagePoints(corners, ids)
+        object_points.append(obj.astype(np.float32))
+        image_points.append(img.astype(np.float32))
+    if len(object_points) < min_views:
+        raise ValueError(f"the board was found in {len(object_points)} of {len(images)} images; intrinsics need "
+                         f"at least {min_views} views at different tilts")
+    flags = 0 if distortion else (cv2.CALIB_ZERO_TANGENT_DIST | cv2.CALIB_FIX_K1 | cv2.CALIB_FIX_K2
+                                  | cv2.CALIB_FIX_K3)
+    rms, K, dist, _, _ = cv2.calibrateCamera(object_points, image_points, (width, height), None, None, flags=flags)
+    coeffs = tuple(float(c) for c in np.asarray(dist).ravel()[:5])
+    coeffs = coeffs + (0.0,) * (5 - len(coeffs))
+    return Intrinsics(int(width), int(height), float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]),
+                      "plumb_bob", coeffs), float(rms)
+
+
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """Pose T_world_cam of an optical frame (z forward, x right, y down) at `eye` looking at `target`."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
@@ -145,7 +179,3 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     T = np.eye(4)
     T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
     return T
-
-
-__all__ = ["BoardDetection", "CharucoBoardSpec", "board_image", "detect_board", "invert", "look_at", "render_view",
-           "to_rvec"]
