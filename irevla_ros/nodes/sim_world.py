@@ -166,6 +166,7 @@ class SimWorldNode(Node):
         self._service_group = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, itf.SIM_RESET.name, self.reset_callback, callback_group=self._service_group)
         self.frames_published = 0
+        self.crashed = ""  # set when the simulation thread dies (main() then exits non-zero)
 
         if cfg.mode == "faithful":
             self._start_faithful()
@@ -296,7 +297,8 @@ class SimWorldNode(Node):
             else:
                 self._fast_loop()
         except Exception as exc:  # noqa: BLE001 - a dead physics thread must be loud and end the process
-            self.get_logger().fatal(f"simulation loop crashed: {exc!r}")
+            self.crashed = f"simulation loop crashed: {exc!r}"
+            self.get_logger().fatal(self.crashed)
             if rclpy.ok(context=self.context):
                 self.context.try_shutdown()
         finally:
@@ -357,13 +359,16 @@ class SimWorldNode(Node):
 PARAMETERS = SimWorldConfig
 
 
-def _make():
-    node = SimWorldNode()
-    return [node, node.franka] if node.franka is not None else [node]
-
-
 def main(args=None) -> int:
-    return spin_node(_make, args, multithreaded=True)
+    made: list[SimWorldNode] = []
+
+    def make():
+        node = SimWorldNode()
+        made.append(node)
+        return [node, node.franka] if node.franka is not None else [node]
+
+    rc = spin_node(make, args, multithreaded=True)
+    return 1 if made and made[0].crashed else rc
 
 
 if __name__ == "__main__":
