@@ -223,3 +223,29 @@ def test_player_refuses_a_truncated_bag_with_a_clear_message(procs, tmp_path):
     out, _ = player.communicate(timeout=60)
     assert player.returncode == 2
     assert "truncated or corrupt" in out and "recover" in out
+
+
+def test_killed_recorder_loses_at_most_the_last_second(procs, ros, tmp_path):
+    """SIGKILL (no clean close, no summary, no metadata update): recover reads everything older than ~1 s."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    pub = ros.node.create_publisher(String, "/crash/text", QoSProfile(depth=100,
+                                                                      reliability=ReliabilityPolicy.RELIABLE))
+    bag = tmp_path / "crashed"
+    recorder = procs.start(["bag_recorder", "--ros-args", "-p", f"output:={bag}", "-p", "topics:=['/crash/*']",
+                            "-p", "discovery_period_s:=0.1"], name="bag_recorder")
+    ros.wait_for_subscribers(pub, timeout=30)
+    sent = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        pub.publish(String(data=f"{len(sent)}"))
+        sent.append(time.monotonic())
+        time.sleep(0.02)
+    recorder.send_signal(signal.SIGKILL)
+    recorder.wait(10)
+    with pytest.raises(BagError, match="truncated or corrupt"):
+        BagReader(bag)
+    got = [m for m in BagReader(bag, recover=True).messages()]
+    older = sum(1 for t in sent if t < deadline - 1.5)  # flushed at least once since (1 s period)
+    assert len(got) >= older > 50, (len(got), older, len(sent))

@@ -155,7 +155,8 @@ class _Topic:
 
 
 class BagWriter:
-    """Writes a rosbag2 MCAP bag, splitting files by duration/size so a crash costs at most one file's tail.
+    """Writes a rosbag2 MCAP bag, splitting files by duration/size; chunks are closed and flushed every
+    `flush_period_s`, so a killed process loses at most that much (the tail stays readable with `recover`).
 
     Not thread-safe: call from one thread (the recorder's executor).
     """
@@ -241,10 +242,16 @@ class BagWriter:
         current.count += 1
         current.start = min(current.start, log_time_ns)
         current.end = max(current.end, log_time_ns)
-        now = time.monotonic()
-        if now - self._last_flush >= self.flush_period_s:
-            self._file.flush()
-            self._last_flush = now
+        if time.monotonic() - self._last_flush >= self.flush_period_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the open chunk and hand everything to the OS: a crash after this loses nothing written so far
+        (the recorder calls it every `flush_period_s` even when no message arrives)."""
+        if self.closed or self._writer is None:
+            return
+        self._writer.flush()
+        self._last_flush = time.monotonic()
 
     def _close_file(self) -> None:
         self._writer.finish()

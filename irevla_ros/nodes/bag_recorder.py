@@ -39,6 +39,7 @@ class BagRecorderNode(Node):
         self.get_logger().info(f"recording into {self.writer.path} (topics {list(self.config.topics)})")
         self.discover_callback()
         self.create_timer(self.config.discovery_period_s, self.discover_callback)
+        self.create_timer(1.0, self.writer.flush)  # a crash loses at most the last second
 
     def _wanted(self, topic: str) -> bool:
         return match_topics(topic, self.config.topics) and not match_topics(topic, self.config.exclude)
