@@ -235,3 +235,17 @@ def test_intrinsics_fallback_from_charuco_views():
     assert abs(found.cx - INTR.cx) < 2.0 and abs(found.cy - INTR.cy) < 2.0 and rms < 0.5
     with pytest.raises(ValueError, match="at least 6 views"):
         calibrate_intrinsics(images[:3], SPEC)
+
+
+def test_find_calibrations_loads_camera_files_only(tmp_path):
+    from pathlib import Path
+
+    from irevla_ros.camera.calibration import find_calibrations
+
+    examples = Path(__file__).resolve().parent.parent / "calibration" / "examples"
+    assert set(find_calibrations(examples)) == {"wrist", "front"}
+    assert set(find_calibrations(examples, cameras=("wrist",))) == {"wrist"}
+    assert find_calibrations(tmp_path / "absent") == {}
+    (tmp_path / "front.yaml").write_text((examples / "wrist.yaml").read_text())  # copied under the wrong name
+    with pytest.raises(CalibrationFileError, match="file is named front.yaml"):
+        find_calibrations(tmp_path)

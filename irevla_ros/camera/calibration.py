@@ -188,3 +188,21 @@ def load_calibration(path: str | Path) -> HandEyeCalibration:
 def default_frames(camera: str, mode: str, base_frame: str, ee_frame: str, optical_frame: str) -> tuple[str, str]:
     """(parent, child): the flange for a wrist camera, the robot base for a fixed one."""
     return (ee_frame if mode == EYE_IN_HAND else base_frame), optical_frame
+
+
+def find_calibrations(folder: str | Path, cameras: tuple[str, ...] | None = None) -> dict[str, HandEyeCalibration]:
+    """Every `<camera>.yaml` directly in `folder` (not examples/ or samples/), validated, keyed by camera name.
+    A file whose `camera` field disagrees with its name is an error (a copied file would publish a wrong TF);
+    with `cameras`, only those names are loaded, and a missing one is simply absent (launch decides)."""
+    folder = Path(folder)
+    found: dict[str, HandEyeCalibration] = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*.yaml")):
+        if cameras is not None and path.stem not in cameras:
+            continue
+        calib = load_calibration(path)
+        if calib.camera != path.stem:
+            raise CalibrationFileError(f"{path}: camera is {calib.camera!r} but the file is named {path.name}")
+        found[path.stem] = calib
+    return found
