@@ -193,7 +193,8 @@ def test_scripted_device_drives_teleop_node_through_the_mux(procs, ros, tmp_path
 
 
 def test_keyboard_mode_node_reads_keys_from_a_fifo(procs, ros, tmp_path):
-    """The real keyboard code path in the real node, fed through a FIFO instead of a person at a terminal."""
+    """The real keyboard code path in the real node, fed through a FIFO instead of a person at a terminal.
+    use_sim_time with nobody publishing /clock: human input must still be paced by the wall clock."""
     from std_msgs.msg import Float64MultiArray, String
 
     from irevla_ros import interfaces as itf
@@ -203,8 +204,8 @@ def test_keyboard_mode_node_reads_keys_from_a_fifo(procs, ros, tmp_path):
     os.mkfifo(fifo)
     actions = ros.collect(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS)
     labels = ros.collect(String, itf.HUMAN_LABEL.name, DATA_QOS)
-    node = procs.start(["teleop_node", "--ros-args", "-p", "device:=keyboard", "-p", f"keyboard_input:={fifo}"],
-                       name="teleop_keyboard")
+    node = procs.start(["teleop_node", "--ros-args", "-p", "device:=keyboard", "-p", f"keyboard_input:={fifo}",
+                        "-p", "use_sim_time:=true"], name="teleop_keyboard")
     opened: list[int] = []
 
     def open_writer() -> bool:  # ENXIO until the node has opened its (reading) end

@@ -9,8 +9,10 @@ In demo recording (`publish_episode_events`) it also publishes episode start/end
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -38,14 +40,16 @@ class TeleopNode(Node):
         self.episode_pub = self.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)
         self.create_subscription(String, itf.INSTRUCTION.name, self.instruction_callback, LATCHED_QOS)
         self.reset_clients = [self.create_client(Trigger, name) for name in self.config.reset_service_names]
-        self.timer = self.create_timer(1.0 / self.config.rate_hz, self.tick_callback)
+        # Human input is paced by the wall clock, also under use_sim_time (in lockstep fast sim a sim-time timer
+        # would let one key press last only a few sim steps, consumed in milliseconds).
+        self.timer = self.create_timer(1.0 / self.config.rate_hz, self.tick_callback,
+                                       clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def instruction_callback(self, msg: String) -> None:
         self.instruction = msg.data
 
     def tick_callback(self) -> None:
-        now = self.get_clock().now().nanoseconds * 1e-9
-        out = self.mapper.update(self.device.poll(now))
+        out = self.mapper.update(self.device.poll(time.monotonic()))
         if out.action is not None:
             if self.episodes is not None:
                 self._publish_episodes(self.episodes.on_command(self.instruction))
