@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,21 +213,28 @@ def test_head_weight_payload_round_trip_and_rejections(tiny2):
         decode_head_weights(encode_head_weights(nan_state, 13))
 
 
-def test_cli_init_writes_a_loadable_folder(tmp_path):
+def irevla(*argv: str) -> int:
+    """The `irevla` entry point in-process (the same parser and code as the console script, no interpreter start)."""
+    from irevla_ros.cli import main
+
+    return main(list(argv))
+
+
+def test_cli_init_writes_a_loadable_folder(tmp_path, capsys):
     out = tmp_path / "m"
-    res = subprocess.run([sys.executable, "-m", "irevla_ros.cli", "model", "init", "--preset", "tiny-llava",
-                          "--cameras", "2", "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "features [" in res.stdout
+    assert irevla("model", "init", "--preset", "tiny-llava", "--cameras", "2", "--out", str(out)) == 0
+    assert "features [" in capsys.readouterr().out
     model = VLAModel.from_pretrained(out)
     assert model.config.family == "llava" and model.config.num_cameras == 2
-    info = subprocess.run([sys.executable, "-m", "irevla_ros.cli", "model", "info", str(out)], capture_output=True,
-                          text=True, timeout=120)
-    assert info.returncode == 0 and json.loads(info.stdout)["feature_shape"] == list(model.feature_shape)
+    assert irevla("model", "info", str(out)) == 0
+    assert json.loads(capsys.readouterr().out)["feature_shape"] == list(model.feature_shape)
     (out / "head.safetensors").write_bytes(b"garbage")
-    bad = subprocess.run([sys.executable, "-m", "irevla_ros.cli", "model", "info", str(out)], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 1 and "head.safetensors is corrupt" in bad.stderr
+    assert irevla("model", "info", str(out)) == 1
+    assert "head.safetensors is corrupt" in capsys.readouterr().err
+    # the console script itself is installed and answers --help
+    res = subprocess.run(["irevla", "model", "init", "--help"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert res.returncode == 0 and "--preset" in res.stdout and "blip2-2.7b-shape" in res.stdout
 
 
 def test_wrap_a_local_hf_vlm_folder(tmp_path):
@@ -241,9 +250,7 @@ def test_wrap_a_local_hf_vlm_folder(tmp_path):
     feats = wrapped.encode(frames(2, batch=1), ["stack the blocks"])
     assert feats.shape[1:] == wrapped.feature_shape and torch.isfinite(feats).all()
     out = tmp_path / "vla"
-    res = subprocess.run([sys.executable, "-m", "irevla_ros.cli", "model", "init", "--from-hf", str(hf_dir),
-                          "--cameras", "2", "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    assert irevla("model", "init", "--from-hf", str(hf_dir), "--cameras", "2", "--out", str(out)) == 0
     assert VLAModel.from_pretrained(out).backbone_fingerprint() == src.backbone_fingerprint()
     (hf_dir / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="unsupported backbone model_type"):
