@@ -174,3 +174,18 @@ def test_cli_info_export_and_clear_errors(tmp_path, capsys):
     mcap.write_bytes(mcap.read_bytes()[:300])
     assert main(["bag", "info", str(tmp_path / "bag")]) == 2
     assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_cli_eval_writes_a_report(tmp_path, capsys):
+    from irevla_ros.cli import main
+
+    write_demo_bag(tmp_path / "bag", 6, labels=[(5, "success")])
+    out = tmp_path / "eval.json"
+    assert main(["bag", "eval", str(tmp_path / "bag"), "--preset", "tiny", "--max-steps", "4", "--batch-size", "2",
+                 "--json", str(out)]) == 0
+    assert "open-loop evaluation on 4 steps" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["steps"] == 4 and len(report["predicted"]) == 4
+    np.testing.assert_allclose(report["recorded"], [action(k) for k in range(4)], atol=1e-6)
+    assert main(["bag", "eval", str(tmp_path / "bag"), "--preset", "tiny", "--cameras", "wrist,side"]) == 2
+    assert "no images for camera(s) ['side']" in capsys.readouterr().err
