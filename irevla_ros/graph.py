@@ -106,7 +106,23 @@ def _robot_and_sensors(args: Mapping[str, str]) -> list[NodeSpec]:
     return [
         NodeSpec("franka_node", "franka_node", ("franka_node.yaml",), {"robot_ip": LaunchArg("robot_ip")}),
         NodeSpec("camera_node", "camera_node", ("camera_node.yaml",)),
+        *_camera_extrinsics(),
     ]
+
+
+def _camera_extrinsics() -> list[NodeSpec]:
+    """One static transform per hand-eye calibration in calibration/<camera>.yaml (tf2_ros, full installs)."""
+    from irevla_ros.camera.calibration import find_calibrations
+
+    specs = []
+    for camera, calib in find_calibrations(share_dir() / "calibration").items():
+        (x, y, z), (qx, qy, qz, qw) = calib.translation, calib.rotation_xyzw
+        specs.append(NodeSpec(
+            f"{camera}_camera_extrinsics", "static_transform_publisher", package="tf2_ros", required=False,
+            arguments=("--x", repr(x), "--y", repr(y), "--z", repr(z), "--qx", repr(qx), "--qy", repr(qy),
+                       "--qz", repr(qz), "--qw", repr(qw), "--frame-id", calib.parent_frame,
+                       "--child-frame-id", calib.child_frame)))
+    return specs
 
 
 def _teleop(args: Mapping[str, str], *, required: bool) -> list[NodeSpec]:

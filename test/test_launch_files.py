@@ -173,3 +173,25 @@ def test_every_config_file_section_belongs_to_a_node():
         content = yaml.safe_load(path.read_text()) or {}
         for section in content:
             assert section == "/**" or section.strip("/") in node_names, f"{path.name}: unknown node {section}"
+
+
+def test_calibrations_become_static_transforms_on_real_installs(stand_in, tmp_path, monkeypatch):
+    import shutil
+
+    share = tmp_path / "share"
+    shutil.copytree(REPO / "config", share / "config")
+    (share / "calibration").mkdir()
+    shutil.copy(REPO / "calibration" / "examples" / "wrist.yaml", share / "calibration" / "wrist.yaml")
+    (share / "package.xml").write_text("<package/>")
+    monkeypatch.setattr(graph, "share_dir", lambda: share)
+    _declared, actions = run_launch_file("online_rl", {})
+    tf = [a for a in actions if a.kwargs["name"] == "wrist_camera_extrinsics"]
+    assert len(tf) == 1 and tf[0].kwargs["package"] == "tf2_ros"
+    from irevla_ros.camera.calibration import load_calibration
+
+    calib = load_calibration(share / "calibration" / "wrist.yaml")
+    args = tf[0].kwargs["arguments"]
+    assert args[args.index("--frame-id") + 1] == calib.parent_frame
+    assert float(args[args.index("--x") + 1]) == calib.translation[0]
+    sim_specs, _ = graph.build("online_rl", {"sim": "fast"})
+    assert not any(s.package == "tf2_ros" for s in sim_specs)
