@@ -86,12 +86,22 @@ def test_truncated_bag_is_refused_clearly_and_recover_salvages_complete_chunks(t
     (lambda bag: (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: [1, 2"), "not valid rosbag2"),
     (lambda bag: next(bag.glob("*.mcap")).unlink(), "missing"),
     (lambda bag: next(bag.glob("*.mcap")).write_bytes(b"not an mcap file at all" * 10), "truncated or corrupt"),
+    (lambda bag: _edit_metadata(bag, "relative_file_paths", ["../../elsewhere.mcap"]), "outside the bag folder"),
+    (lambda bag: _edit_metadata(bag, "compression_mode", "file"), "convert it first"),
 ])
 def test_damaged_bags_give_clear_errors(tmp_path, damage, match):
     write_sample_bag(tmp_path / "bag", n=10)
     damage(tmp_path / "bag")
     with pytest.raises(BagError, match=match):
         BagReader(tmp_path / "bag")
+
+
+def _edit_metadata(bag: Path, key: str, value) -> None:
+    import yaml
+
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())
+    meta["rosbag2_bagfile_information"][key] = value
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
 
 
 def test_not_a_bag(tmp_path):

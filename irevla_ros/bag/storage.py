@@ -358,6 +358,12 @@ class BagReader:
                 files = [self.path / f for f in info.get("relative_file_paths", [])]
             except Exception as exc:  # noqa: BLE001 - any malformed metadata is the same error
                 raise BagError(f"{meta} is not valid rosbag2 metadata: {exc}") from exc
+            outside = [f.name for f in files if f.resolve().parent != self.path.resolve()]
+            if outside:
+                raise BagError(f"{meta} lists files outside the bag folder: {outside}")
+            if info.get("compression_mode"):
+                raise BagError(f"{self.path} uses rosbag2 {info.get('compression_mode')} compression "
+                               f"({info.get('compression_format')}); convert it first (ros2 bag convert)")
             if storage == "sqlite3":
                 self._open_sqlite()
                 return
