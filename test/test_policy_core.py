@@ -240,3 +240,17 @@ def test_full_weights_from_a_folder(tmp_path):
     imgs = [rng.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8) for _ in range(2)]
     expected = sft.act(imgs, ["pick up the cube"], np.array([[0.4, 0, 0.3, 1, 0, 0, 0, 0.08]]), stochastic=False)
     np.testing.assert_allclose(tr.action, expected.action[0], atol=1e-5)
+
+
+def test_rl_mode_episode_leaves_the_backbone_bit_identical():
+    actor = make_actor(mode="rl", max_steps=6)
+    model = actor.slots.current.model
+    before = model.backbone_fingerprint()
+    outs, t = run_ticks(actor, 0.0, 3)
+    state = {k: v + 0.1 for k, v in model.head_state_dict().items()}
+    actor.slots.stage_head_payload(encode_head_weights(state, 1, model.config.head))
+    outs += run_ticks(actor, t, 5)[0]
+    assert any(e["event"] == "end" for o in outs for e in o.events)
+    assert sum(o.command is not None for o in outs) == 6
+    assert actor.slots.current.model.backbone_fingerprint() == before
+    assert all(not p.requires_grad or p.grad is None for p in model.backbone.parameters())
