@@ -51,6 +51,9 @@ class World:
             self.slide[name] = (int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j]))
         self.geom = {model.geom(i).name: i for i in range(model.ngeom) if model.geom(i).name}
         self.default_rgba = model.geom_rgba.copy()
+        self._contype = model.geom_contype.copy()
+        self._conaffinity = model.geom_conaffinity.copy()
+        self._free_geoms = {name: np.flatnonzero(model.geom_bodyid == self.body[name]) for name in self.free}
 
     # --- robot -------------------------------------------------------------------------------------------
     def tcp_position(self) -> np.ndarray:
@@ -85,7 +88,13 @@ class World:
     def mocap_position(self, name: str) -> np.ndarray:
         return self.data.mocap_pos[self.mocap[name]].copy()
 
-    def set_free(self, name: str, position, yaw: float = 0.0) -> None:
+    def set_free(self, name: str, position, yaw: float = 0.0, *, active: bool = True) -> None:
+        """Place a free object at rest. active=False parks it: no collisions and gravity compensated, so an unused
+        object costs the solver nothing (no resting contacts) and stays where it was put."""
+        g = self._free_geoms[name]
+        self.model.geom_contype[g] = self._contype[g] if active else 0
+        self.model.geom_conaffinity[g] = self._conaffinity[g] if active else 0
+        self.model.body_gravcomp[self.body[name]] = 0.0 if active else 1.0
         qa, da = self.free[name]
         self.data.qpos[qa:qa + 3] = position
         self.data.qpos[qa + 3:qa + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
@@ -116,7 +125,7 @@ class World:
         for k, name in enumerate(self.mocap):
             self.set_mocap(name, sc.PARK_POSITION + [0.0, 0.5 * k - 2.0, 0.0])
         for k, name in enumerate(self.free):
-            self.set_free(name, sc.PARK_POSITION + [0.5, 0.3 * k - 0.6, sc.CYLINDER_HALF_HEIGHT])
+            self.set_free(name, sc.PARK_POSITION + [0.5, 0.3 * k - 0.6, sc.CYLINDER_HALF_HEIGHT], active=False)
         for joint in self.slide:
             self.set_slide(joint, 0.0)
         self.model.geom_rgba[:] = self.default_rgba
