@@ -106,3 +106,15 @@ def test_websocket_client_receives_images_and_poses(procs, ros):
     assert itf.BASE_FRAME.encode() in got[itf.EE_POSE.name]
     for value in (0.4123, -0.0567, 0.3321):  # protobuf doubles: little-endian fixed64
         assert struct.pack("<d", value) in got[itf.EE_POSE.name]
+
+
+def test_port_in_use_gives_a_clear_error(procs):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = procs.start(["foxglove_bridge", "--ros-args", "-p", f"port:={port}"], name="foxglove_busy",
+                           capture=True)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert f"cannot serve on 127.0.0.1:{port}" in out

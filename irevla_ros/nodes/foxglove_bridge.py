@@ -68,7 +68,10 @@ class FoxgloveBridgeNode(Node):
 
         self.config = cfg = declare_config(self, FoxgloveConfig)
         self._fox = foxglove
-        self.server = foxglove.start_server(name=cfg.server_name, host=cfg.host, port=int(cfg.port))
+        try:
+            self.server = foxglove.start_server(name=cfg.server_name, host=cfg.host, port=int(cfg.port))
+        except Exception as exc:  # noqa: BLE001 - the SDK raises its own error types (port in use, bad host)
+            raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({exc}); choose another `port`") from exc
         self.port = self.server.port
         if not ipaddress.ip_address(cfg.host).is_loopback:
             self.get_logger().warning(f"serving on {cfg.host}: camera frames are visible to that network")
