@@ -1,0 +1,110 @@
+"""rl_node over real DDS: SAC and PPO through the same node and config switch; transitions in, verified head
+weights out; malformed payloads rejected with counted reasons; a restart resumes from the final checkpoint."""
+
+from __future__ import annotations
+
+import array
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import wait_for
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rl_tasks import DIM, TOKENS, Bandit  # noqa: E402
+
+from irevla_ros import interfaces as itf  # noqa: E402
+from irevla_ros.core.data.codec import Transition, encode  # noqa: E402
+from irevla_ros.core.model.head import ActionHead, HeadConfig  # noqa: E402
+from irevla_ros.core.model.weights import decode_head_weights as policy_decode  # noqa: E402
+from irevla_ros.core.rl import decode_head_weights  # noqa: E402
+
+
+def node_cmd(run_dir: Path, algorithm: str) -> list[str]:
+    params = {"algorithm": algorithm, "run_dir": str(run_dir), "feature_tokens": TOKENS, "feature_dim": DIM,
+              "num_learned_tokens": 2, "hidden_dim": 32, "batch_size": 16, "warmup_transitions": 8,
+              "utd_ratio": 1.0, "publish_every_updates": 5, "ppo_rollout_steps": 16, "ppo_minibatch_size": 8,
+              "online_capacity_bytes": 1 << 20, "demo_capacity_bytes": 1 << 18, "tensorboard": True,
+              "torch_threads": 1, "checkpoint_every_s": 3600.0}
+    args = ["rl_node", "--ros-args"]
+    for k, v in params.items():
+        args += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
+    return args
+
+
+def payload_msg(payload: bytes):
+    from std_msgs.msg import UInt8MultiArray
+
+    msg = UInt8MultiArray()
+    msg.data = array.array("B", payload)
+    return msg
+
+
+def publish_bandit(pub, env: Bandit, n: int) -> None:
+    for _ in range(n):
+        c, f = env.reset()
+        a = np.clip(np.random.default_rng(env.episode).normal(0, 0.5, 7), -1, 1).astype(np.float32)
+        pub.publish(payload_msg(env.transition(c, f, a, version="0").to_bytes()))
+
+
+def test_ppo_then_sac_through_the_same_node_with_bad_input_and_resume(procs, ros, tmp_path):
+    """PPO learns and publishes; a clean stop checkpoints; the same node restarted with algorithm:=sac resumes
+    the run (counters, buffers, version, actor) and goes on learning with SAC."""
+    from std_msgs.msg import String, UInt8MultiArray
+
+    from irevla_ros.nodes._common import DATA_QOS, LATCHED_QOS
+
+    run_dir = tmp_path / "run"
+    node = procs.start(node_cmd(run_dir, "ppo"), name="rl_node-ppo")
+    weights = ros.collect(UInt8MultiArray, itf.HEAD_WEIGHTS.name, LATCHED_QOS)
+    status = ros.collect(String, itf.RL_STATUS.name, LATCHED_QOS)
+    pub = ros.node.create_publisher(UInt8MultiArray, itf.TRANSITION.name, DATA_QOS)
+    ros.wait_for_subscribers(pub, timeout=60)
+
+    def last_status() -> dict:
+        return json.loads(status[-1].data) if status else {}
+
+    # Malformed input first: each is refused and counted by reason, the node keeps going.
+    pub.publish(payload_msg(b"\x00garbage"))
+    pub.publish(payload_msg(encode("head_weights", {"x": np.zeros(1, np.float32)}, {})))
+    bad_shape = Transition("bad", 0, np.zeros((TOKENS + 1, DIM), np.float16), np.zeros(7, np.float32))
+    pub.publish(payload_msg(bad_shape.to_bytes()))
+    env = Bandit(0)
+    publish_bandit(pub, env, 48)
+    wait_for(lambda: weights and last_status().get("counters", {}).get("transitions", 0) == 48, 90,
+             what="PPO head weights and all 48 transitions")
+    tensors, meta = decode_head_weights(bytes(weights[-1].data))
+    assert meta["algorithm"] == "ppo" and meta["version"] >= 1 and meta["updates"] > 0
+    head_config = HeadConfig(**meta["head_config"])
+    assert (head_config.feature_dim, head_config.num_learned_tokens) == (DIM, 2)
+    state, version = policy_decode(bytes(weights[-1].data), expected=head_config)  # the policy node's decoder
+    ActionHead(head_config).load_state_dict(state)
+    assert version == str(meta["version"])
+    s = last_status()
+    assert s["rejected"] == {"corrupt": 1, "wrong_kind": 1, "feature_shape": 1}, s
+    assert s["algorithm"] == "ppo" and s["online"] == 48
+
+    # Clean shutdown writes a final checkpoint; restarted as SAC, the node resumes the run.
+    node.send_signal(signal.SIGINT)
+    node.wait(60)
+    assert (run_dir / "rl" / "checkpoints" / "LATEST").is_file(), procs.log_of(node)
+    assert list((run_dir / "rl" / "tb").glob("events.out.tfevents.*"))
+    ppo_version = last_status()["version"]
+    status.clear()
+    weights.clear()
+    procs.start(node_cmd(run_dir, "sac"), name="rl_node-sac")
+    wait_for(lambda: last_status().get("resumed_from"), 90, what="resumed status")
+    resumed = last_status()
+    assert resumed["algorithm"] == "sac" and resumed["version"] == ppo_version
+    assert resumed["counters"]["transitions"] == 48 and resumed["online"] == 48
+    wait_for(lambda: bool(weights), 30, what="re-published weights after resume")
+    assert decode_head_weights(bytes(weights[-1].data))[1]["version"] == ppo_version
+    ros.wait_for_subscribers(pub, timeout=60)
+    publish_bandit(pub, env, 24)
+    wait_for(lambda: decode_head_weights(bytes(weights[-1].data))[1]["version"] > ppo_version, 90,
+             what="new SAC head weights")
+    _, meta = decode_head_weights(bytes(weights[-1].data))
+    assert meta["algorithm"] == "sac" and meta["updates"] > 0
+    wait_for(lambda: last_status()["counters"]["transitions"] == 72, 30, what="the 24 new transitions ingested")
