@@ -207,7 +207,7 @@ def test_policy_node_episodes_hot_reload_and_staleness(procs, ros, tmp_path):
 def test_policy_node_drives_the_sim_arm_for_a_full_episode(procs, ros):
     """sim_world in fast mode (sim time, franka controller composed) + policy_node on /clock: the policy's
     commands go through /franka/action, the arm moves, the time limit ends the episode, the policy resets the
-    arm (/franka/reset) and the task (/sim/reset)."""
+    arm (/franka/reset) and the task (/sim/reset), and the next episode runs on the next task's instruction."""
     from conftest import REPO
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import String, UInt8MultiArray
@@ -215,7 +215,7 @@ def test_policy_node_drives_the_sim_arm_for_a_full_episode(procs, ros):
     from irevla_ros.nodes._common import DATA_QOS, LATCHED_QOS
 
     config = REPO / "config"
-    steps = 12
+    steps = 10
     sim = procs.start(["sim_world", "--ros-args", "-r", "__node:=sim_world",
                        "--params-file", str(config / "sim_world.yaml"), "--params-file", str(config / "sim.yaml"),
                        "--params-file", str(config / "sim_fast.yaml"), "-p", "mode:=fast",
@@ -223,30 +223,32 @@ def test_policy_node_drives_the_sim_arm_for_a_full_episode(procs, ros):
     policy = procs.start(["policy_node", "--ros-args", "--params-file", str(config / "policy_node.yaml"),
                           "--params-file", str(config / "sim_fast.yaml"), "-p", "use_sim_time:=true",
                           "-p", "reliable_images:=true", "-p", "cameras:=[wrist,front]", "-p", f"max_steps:={steps}",
-                          "-p", "num_episodes:=1", "-p", "mode:=rl", "-p", "sim_reset_wait_s:=5.0"],
+                          "-p", "num_episodes:=2", "-p", "mode:=rl", "-p", "sim_reset_wait_s:=5.0"],
                          name="policy_node")
     raw = ros.collect(UInt8MultiArray, itf.TRANSITION.name, DATA_QOS)
     events = ros.collect(String, itf.EPISODE_EVENT.name, DATA_QOS)
     instructions = ros.collect(String, itf.INSTRUCTION.name, LATCHED_QOS)
     poses = ros.collect(PoseStamped, itf.EE_POSE.name, 10)
     try:
-        wait_for(lambda: any(json.loads(e.data)["event"] == "end" for e in events), 120, interval=0.1,
-                 what="a full episode in the sim")
+        wait_for(lambda: sum(json.loads(e.data)["event"] == "end" for e in events) >= 2, 120, interval=0.1,
+                 what="two full episodes in the sim")
         wait_for(lambda: "episode(s) done" in procs.log_of(policy), 60, what="resets done after the episode")
     finally:
         assert sim.poll() is None, procs.log_of(sim)[-3000:]
         assert policy.poll() is None, procs.log_of(policy)[-3000:]
-    start, end = (json.loads(e.data) for e in events[:2])
-    assert start["event"] == "start" and end["event"] == "end" and end["steps"] == steps
+    start, end, start2, end2 = (json.loads(e.data) for e in events[:4])
+    assert [start["event"], end["event"], start2["event"], end2["event"]] == ["start", "end", "start", "end"]
+    assert end["steps"] == end2["steps"] == steps and start2["episode_id"] != start["episode_id"]
     assert start["instruction"] == instructions[0].data  # the task's instruction from sim_world (latched)
-    trs = [Transition.from_bytes(bytes(m.data)) for m in raw]
+    # /franka/reset then /sim/reset were called ("episode(s) done" is logged only when both replied success);
+    # episode 2 runs on the instruction of the layout the sim reset made
+    assert len(instructions) >= 2 and start2["instruction"] == instructions[1].data
+    trs = [Transition.from_bytes(bytes(m.data)) for m in raw if Transition.from_bytes(bytes(m.data)).episode_id ==
+           start["episode_id"]]
     assert [t.step for t in trs] == list(range(steps))
     assert trs[-1].done and not trs[-1].terminal  # time limit: the learner may bootstrap
     assert trs[0].images.shape == (2, 64, 64, 3) and trs[0].images.std() > 5.0  # rendered frames, not blanks
     # the arm moved under the policy's commands: the EE position the policy observed changed
     moved = np.linalg.norm(trs[-1].proprio[:3] - trs[0].proprio[:3])
     assert moved > 0.002, f"EE moved only {moved * 1e3:.2f} mm over {steps} steps"
-    # after the episode the policy called /franka/reset then /sim/reset ("episode(s) done" is logged only when
-    # both replied success); the sim reset published the next layout's instruction
-    wait_for(lambda: len(instructions) >= 2, 10, what="next task's instruction after /sim/reset")
     assert poses, "EE pose stream from sim_world's composed franka node"

@@ -269,6 +269,8 @@ class PolicyNode(Node):
             if ok and cfg.sim_reset_wait_s > 0 and self.sim_reset_client.wait_for_service(
                     timeout_sec=cfg.sim_reset_wait_s):
                 ok, message = self._call(self.sim_reset_client, cfg.reset_timeout_s)
+                if ok:
+                    self._instruction_from_reply(message)
             if ok:
                 self.actor.reset_done(self._now())
                 if self.actor.state == "finished":
@@ -276,6 +278,19 @@ class PolicyNode(Node):
                 return
             self.get_logger().error(f"reset failed: {message}; retrying in 1 s")
             self._closing.wait(1.0)
+
+    def _instruction_from_reply(self, message: str) -> None:
+        """sim_world's reset reply is JSON naming the next task's instruction: use it at once, so the next
+        episode cannot start on the previous instruction if the latched topic update arrives late."""
+        try:
+            info = json.loads(message)
+        except (json.JSONDecodeError, TypeError):
+            return
+        if isinstance(info, dict) and isinstance(info.get("instruction"), str):
+            try:
+                self.actor.obs.set_instruction(info["instruction"])
+            except InputError as exc:
+                self.get_logger().warning(f"sim reset named an unusable instruction: {exc}")
 
     def close(self) -> None:
         self._closing.set()
