@@ -151,7 +151,7 @@ def test_scripted_device_drives_teleop_node_through_the_mux(procs, ros, tmp_path
     from irevla_ros import interfaces as itf
     from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS
 
-    lead_s = 4.0  # idle start: discovery between the processes and this test takes up to ~3 s
+    lead_s = 3.0  # idle start: discovery between teleop_node, the mux and this test takes up to ~3 s
     script = tmp_path / "spacemouse_standin.json"
     script.write_text(json.dumps([
         {"duration_s": lead_s},
@@ -168,6 +168,7 @@ def test_scripted_device_drives_teleop_node_through_the_mux(procs, ros, tmp_path
     policy_action = [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
     ros.node.create_timer(0.05, lambda: policy.publish(Float64MultiArray(data=policy_action)))
     procs.start(["cmd_mux"], name="cmd_mux")
+    wait_for(lambda: len(out) > 0, 30, what="the policy driving through the mux")  # before the human starts
     procs.start(["teleop_node", "--ros-args", "-p", "device:=scripted", "-p", f"script:={script}",
                  "-p", "translation_scale:=0.5", "-p", "publish_episode_events:=true"], name="teleop_node")
 
