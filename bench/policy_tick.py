@@ -182,6 +182,7 @@ def run_node(hz: float, seconds: float, reloads: int) -> dict:
         "version": node.actor.slots.version,
     }
     executor.shutdown()
+    spin.join(5)
     node.destroy_node()
     rclpy.shutdown()
     out, _ = feeder.communicate(timeout=60)
