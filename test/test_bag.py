@@ -265,3 +265,21 @@ def test_killed_recorder_loses_at_most_the_last_second(procs, ros, tmp_path):
     got = [m for m in BagReader(bag, recover=True).messages()]
     older = sum(1 for t in sent if t < deadline - 1.5)  # flushed at least once since (1 s period)
     assert len(got) >= older > 50, (len(got), older, len(sent))
+
+
+def test_types_unknown_here_are_learned_from_the_bag(tmp_path):
+    """A custom message type (not installed, not in rosbags' store) is decoded from the bag's own schema."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    msgdef = "string label\nfloat64[] values\n"
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    store.register(get_types_from_msg(msgdef, "lab_msgs/msg/Reading"))
+    Reading = store.types["lab_msgs/msg/Reading"]
+    with Writer(tmp_path / "custom", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/lab/reading", "lab_msgs/msg/Reading", msgdef=msgdef, rihs01="RIHS01_" + "0" * 64)
+        writer.write(conn, 5, store.serialize_cdr(Reading("a", np.array([1.5, 2.5])), conn.msgtype))
+    reader = BagReader(tmp_path / "custom")
+    (msg,) = list(reader.messages())
+    decoded = reader.registry.deserialize(msg.data, msg.msgtype)
+    assert decoded.label == "a" and list(decoded.values) == [1.5, 2.5]

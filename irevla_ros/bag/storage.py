@@ -101,15 +101,18 @@ class TypeRegistry:
 
         types: dict = {}
         parts = text.split("=" * 80 + "\n")
-        types.update(get_types_from_msg(parts[0], msgtype))
-        for part in parts[1:]:
-            header, _, body = part.partition("\n")
-            if header.startswith("MSG: "):
-                sub = header[5:].strip()
-                if "/msg/" not in sub:
-                    sub = sub.replace("/", "/msg/")
-                types.update(get_types_from_msg(body, sub))
-        self.store.register({k: v for k, v in types.items() if k not in self.store.types})
+        try:
+            types.update(get_types_from_msg(parts[0], msgtype))
+            for part in parts[1:]:
+                header, _, body = part.partition("\n")
+                if header.startswith("MSG: "):
+                    sub = header[5:].strip()
+                    if "/msg/" not in sub:
+                        sub = sub.replace("/", "/msg/")
+                    types.update(get_types_from_msg(body, sub))
+            self.store.register({k: v for k, v in types.items() if k not in self.store.types})
+        except Exception as exc:  # noqa: BLE001 - a bag's schema text is outside input
+            raise BagError(f"the bag's definition of {msgtype} cannot be parsed: {exc}") from exc
 
     def deserialize(self, data: bytes, msgtype: str):
         if not self.knows(msgtype):
@@ -381,6 +384,13 @@ class BagReader:
         for f in files:
             self._open_mcap(f)
 
+    def _learn(self, msgtype: str, encoding: str, text: str) -> None:
+        """Register a type from the bag's schema; a bad one only costs decoding (replay needs no decoding)."""
+        try:
+            self.registry.register_schema(msgtype, encoding, text)
+        except BagError as exc:
+            self.problems.append(str(exc))
+
     def _add_topic(self, topic: str, msgtype: str, count: int, durability: str) -> None:
         known = self.topics.get(topic)
         if known is None:
@@ -418,7 +428,7 @@ class BagReader:
             if schema is None or ch.message_encoding != MESSAGE_ENCODING:
                 self.problems.append(f"{path}: skipping channel {ch.topic} (encoding {ch.message_encoding!r})")
                 continue
-            self.registry.register_schema(schema.name, schema.encoding, schema.data.decode(errors="replace"))
+            self._learn(schema.name, schema.encoding, schema.data.decode(errors="replace"))
             source.channels[cid] = (ch.topic, schema.name)
             count = summary.statistics.channel_message_counts.get(cid, 0)
             self._add_topic(ch.topic, schema.name, count, ch.metadata.get(DURABILITY_KEY, "volatile"))
@@ -442,8 +452,7 @@ class BagReader:
                         schemas[record.id] = record
                     elif isinstance(record, Channel) and record.schema_id in schemas:
                         schema = schemas[record.schema_id]
-                        self.registry.register_schema(schema.name, schema.encoding, schema.data.decode("utf-8",
-                                                                                                         "replace"))
+                        self._learn(schema.name, schema.encoding, schema.data.decode("utf-8", "replace"))
                         source.channels[record.id] = (record.topic, schema.name)
                         durability[record.topic] = record.metadata.get(DURABILITY_KEY, "volatile")
                     elif isinstance(record, Message) and record.channel_id in source.channels:
@@ -473,7 +482,7 @@ class BagReader:
                 for conn in reader.connections:
                     self._add_topic(conn.topic, conn.msgtype, conn.msgcount, "volatile")
                     if conn.msgdef.data:
-                        self.registry.register_schema(conn.msgtype, SCHEMA_ENCODING, conn.msgdef.data)
+                        self._learn(conn.msgtype, SCHEMA_ENCODING, conn.msgdef.data)
                 if reader.message_count:
                     self.start_ns, self.end_ns = reader.start_time, reader.end_time
         except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
@@ -514,6 +523,8 @@ class BagReader:
         """Messages of the selected topics (names or fnmatch patterns; None = all), in log-time order."""
         patterns = list(topics) if topics is not None else ["*"]
         selected = {t for t in self.topics if match_topics(t, patterns)}
+        if not selected:  # (both storage readers treat an empty selection as "everything")
+            return
         if self._sqlite is not None:
             yield from self._iter_sqlite(selected)
             return
