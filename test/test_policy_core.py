@@ -254,3 +254,28 @@ def test_rl_mode_episode_leaves_the_backbone_bit_identical():
     assert sum(o.command is not None for o in outs) == 6
     assert actor.slots.current.model.backbone_fingerprint() == before
     assert all(not p.requires_grad or p.grad is None for p in model.backbone.parameters())
+
+
+def test_head_updates_never_replace_a_new_backbone_with_an_old_head(tmp_path):
+    actor = make_actor(mode="eval", max_steps=50)
+    model = actor.slots.current.model
+    run_ticks(actor, 0.0, 1)
+    head_state = {k: v + 0.1 for k, v in model.head_state_dict().items()}
+    # a head trained on another base model is refused; one naming the running base is taken
+    with pytest.raises(WeightsRejected, match="trained on model vsft-9"):
+        actor.slots.stage_head_payload(encode_head_weights(head_state, 1, base_version="sft-9"))
+    assert actor.slots.stage_head_payload(encode_head_weights(head_state, 1, base_version="0")) == "1"
+    # full weights pending: a head update arriving before the next tick must not supersede them
+    sft = VLAModel.from_preset("tiny", num_cameras=2, head={"proprio_dim": 8}, seed=9)
+    digest = sft.save_pretrained(tmp_path / "sft", version="sft-1")
+    actor.slots.stage_full(tmp_path / "sft", "sft-1", digest)
+    with pytest.raises(WeightsRejected, match="full weights vsft-1 are about to be applied"):
+        actor.slots.stage_head_payload(encode_head_weights(head_state, 2))
+    outs, t = run_ticks(actor, 0.1, 1)
+    assert outs[0].swapped.version == "sft-1" and outs[0].swapped.source == "full"
+    # from now on heads must be made for sft-1
+    with pytest.raises(WeightsRejected, match="policy runs model vsft-1"):
+        actor.slots.stage_head_payload(encode_head_weights(head_state, 3, base_version="0"))
+    assert actor.slots.stage_head_payload(encode_head_weights(head_state, 3, base_version="sft-1")) == "3"
+    run_ticks(actor, t, 1)
+    assert actor.slots.version == "3" and actor.slots.current.base_version == "sft-1"

@@ -31,19 +31,23 @@ def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
 
 
 def encode_head_weights(state_dict: Mapping[str, torch.Tensor], version: int,
-                        head_config: HeadConfig | None = None) -> bytes:
+                        head_config: HeadConfig | None = None, *, base_version: str | None = None) -> bytes:
     """Payload bytes for a head state dict (tensors stored as float32)."""
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in state_dict.items()}
     meta: dict[str, object] = {"version": int(version), "sha256": tensors_sha256(tensors)}
     if head_config is not None:
         meta["head_config"] = asdict(head_config)
+    if base_version is not None:
+        meta["base_version"] = str(base_version)
     return encode(HEAD_WEIGHTS_KIND, tensors, meta)
 
 
-def decode_head_weights(payload: bytes | bytearray | memoryview,
-                        expected: HeadConfig | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, version) or PayloadError naming what is wrong (corrupt, checksum, config, NaN/inf).
-    Shapes are checked against the receiving head by VLAModel.check_head_state_dict."""
+def decode_head_weights(payload: bytes | bytearray | memoryview, expected: HeadConfig | None = None, *,
+                        with_meta: bool = False):
+    """(state dict, version) — or (state dict, version, meta) with `with_meta` — or PayloadError naming what is
+    wrong (corrupt, checksum, config, NaN/inf). Shapes are checked against the receiving head by
+    VLAModel.check_head_state_dict. Optional meta "base_version": the policy version of the full model whose
+    features the head was trained on (the policy refuses heads made for another base)."""
     tensors, meta = decode(payload, HEAD_WEIGHTS_KIND)
     raw = meta.get("version")
     if isinstance(raw, bool) or not isinstance(raw, (int, str)) or raw == "" or (isinstance(raw, int) and raw < 0):
@@ -64,4 +68,4 @@ def decode_head_weights(payload: bytes | bytearray | memoryview,
         if not np.isfinite(arr).all():
             raise PayloadError(f"head weights v{version}: tensor {name} contains NaN/inf")
         state[name] = torch.from_numpy(arr.astype(np.float32, copy=True))
-    return state, version
+    return (state, version, meta) if with_meta else (state, version)

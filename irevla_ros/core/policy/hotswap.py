@@ -7,7 +7,9 @@ Two sources:
   is checked, then every file's sha256, then the model is loaded and must produce the same feature shape and head
   config as the running one (the learner's networks are sized from them).
 
-`stage_*` run in a worker thread and only set `pending`. `apply_pending()` (first thing in a tick) is a reference
+`stage_*` run in a worker thread and only set `pending`. A head update never supersedes a pending full update,
+and a head whose payload names a `base_version` other than the running (or pending) full model's is refused.
+`apply_pending()` (first thing in a tick) is a reference
 swap under a lock, so a reload never blocks or delays a tick. `rollback()` restores the previous slot, e.g. when
 the new weights produce non-finite actions.
 """
@@ -35,12 +37,15 @@ class Slot:
     head: ActionHead
     version: str
     source: str  # "initial" | "head" | "full"
+    base_version: str = ""
+    """Version of the full model (backbone) this slot runs on."""
 
 
 class WeightSlots:
     def __init__(self, model: VLAModel, version: str):
         self._lock = threading.Lock()
-        self._current = Slot(model, model.head.eval(), str(version), "initial")
+        self._current = Slot(model, model.head.eval(), str(version), "initial", str(version))
+        self._base_version = str(version)  # version of the full model (backbone) running or pending
         self._previous: Slot | None = None
         self._pending: Slot | None = None
         self.swap_durations_s: list[float] = []
@@ -64,13 +69,22 @@ class WeightSlots:
         """Verify a head-weights payload and stage it; returns its version or raises WeightsRejected."""
         base = self.current
         try:
-            state, version = decode_head_weights(payload, base.model.config.head)
+            state, version, meta = decode_head_weights(payload, base.model.config.head, with_meta=True)
             head = base.model.make_head(state)
         except (PayloadError, ModelFolderError) as exc:
             raise WeightsRejected(f"head weights rejected: {exc}") from exc
         if version == base.version:
             raise WeightsRejected(f"head weights v{version} are already running")
-        self._stage(Slot(base.model, head, version, "head"))
+        with self._lock:
+            pending_full = self._pending is not None and self._pending.source == "full"
+            base_version = self._base_version
+        if pending_full:
+            raise WeightsRejected(f"head weights v{version} dropped: full weights v{self._pending.version} are "
+                                  "about to be applied (a head trained on the old backbone must not replace them)")
+        if "base_version" in meta and str(meta["base_version"]) != base_version:
+            raise WeightsRejected(f"head weights v{version} were trained on model v{meta['base_version']}, the "
+                                  f"policy runs model v{base_version}")
+        self._stage(Slot(base.model, head, version, "head", base.base_version))
         return version
 
     def stage_full(self, path: str | Path, version: str, sha256: str, *, device: str = "cpu", dtype=None) -> str:
@@ -91,7 +105,9 @@ class WeightSlots:
             raise WeightsRejected(f"model folder {path}: {model.config.num_cameras} camera(s), running model has "
                                   f"{base.model.config.num_cameras}")
         model.eval()
-        self._stage(Slot(model, model.head, str(version), "full"))
+        self._stage(Slot(model, model.head, str(version), "full", str(version)))
+        with self._lock:
+            self._base_version = str(version)
         return str(version)
 
     def _stage(self, slot: Slot) -> None:
@@ -116,4 +132,5 @@ class WeightSlots:
             if self._previous is None:
                 return None
             self._current, self._previous = self._previous, None
+            self._base_version = self._current.base_version
             return self._current
