@@ -283,3 +283,20 @@ def test_types_unknown_here_are_learned_from_the_bag(tmp_path):
     (msg,) = list(reader.messages())
     decoded = reader.registry.deserialize(msg.data, msg.msgtype)
     assert decoded.label == "a" and list(decoded.values) == [1.5, 2.5]
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    ("RecorderConfig", {"topics": ("cameras/*",)}, "absolute topic names"),
+    ("RecorderConfig", {"compression": "gzip"}, "compression"),
+    ("RecorderConfig", {"split_duration_s": -1.0}, "split_duration_s"),
+    ("RecorderConfig", {"output_dir": ""}, "output_dir"),
+    ("PlayerConfig", {"rate": 0.0}, "rate"),
+    ("PlayerConfig", {"clock_hz": float("nan")}, "clock_hz"),
+    ("PlayerConfig", {"topic_prefix": "replay"}, "topic_prefix"),
+    ("PlayerConfig", {"start_offset_s": -2.0}, "start_offset_s"),
+])
+def test_bad_parameters_are_refused(cls, kwargs, match):
+    from irevla_ros.bag import config
+
+    with pytest.raises(ValueError, match=match):
+        getattr(config, cls)(**kwargs)

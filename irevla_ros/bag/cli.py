@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     rec.add_argument("topics", nargs="*", help="topic names or patterns ('/cameras/*'); default: the standard set "
                      f"{list(DEFAULT_RECORD_TOPICS)}")
-    rec.add_argument("-o", "--output", default="", help="bag folder to create ('' = bags/irevla_<time>)")
+    rec.add_argument("-o", "--output", default="", help="bag folder to create ('' = bags/irevla_<UTC time>)")
     rec.add_argument("-a", "--all", action="store_true", help="record every topic")
     rec.add_argument("--exclude", nargs="*", default=["/rosout", "/parameter_events"])
     rec.add_argument("--split-duration", type=float, default=300.0, help="seconds per .mcap file (0 = one file)")

@@ -24,7 +24,9 @@ def _check_patterns(name: str, patterns: tuple[str, ...]) -> tuple[str, ...]:
 @dataclass
 class RecorderConfig:
     output: str = ""
-    """Bag folder to create (must not exist or be empty); '' = bags/irevla_<UTC time>."""
+    """Bag folder to create (must not exist or be empty); '' = <output_dir>/irevla_<UTC time>."""
+    output_dir: str = "bags"
+    """Where automatically named bags go (e.g. <run_dir>/bags): every start makes a new bag."""
     topics: tuple[str, ...] = DEFAULT_RECORD_TOPICS
     """Topic names or fnmatch patterns to record; ['*'] = everything."""
     exclude: tuple[str, ...] = ("/rosout", "/parameter_events")
@@ -40,6 +42,8 @@ class RecorderConfig:
     def __post_init__(self) -> None:
         self.topics = _check_patterns("topics", self.topics)
         self.exclude = _check_patterns("exclude", self.exclude)
+        if not self.output and not self.output_dir:
+            raise ValueError("give `output` (the bag folder) or `output_dir` (where named bags go)")
         if self.compression not in ("none", "zstd", "lz4"):
             raise ValueError(f"compression must be none, zstd or lz4, got {self.compression!r}")
         for name in ("split_duration_s", "split_size_mb"):

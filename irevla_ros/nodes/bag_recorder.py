@@ -23,15 +23,15 @@ from irevla_ros.nodes._common import declare_config, spin_node
 PARAMETERS = RecorderConfig
 
 
-def default_output() -> str:
-    return str(Path("bags") / time.strftime("irevla_%Y%m%dT%H%M%SZ", time.gmtime()))
+def default_output(output_dir: str) -> str:
+    return str(Path(output_dir) / time.strftime("irevla_%Y%m%dT%H%M%SZ", time.gmtime()))
 
 
 class BagRecorderNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("bag_recorder", **kwargs)
         self.config = declare_config(self, RecorderConfig)
-        output = self.config.output or default_output()
+        output = self.config.output or default_output(self.config.output_dir)
         self.writer = BagWriter(output, split_duration_s=self.config.split_duration_s,
                                 split_size_mb=self.config.split_size_mb, compression=self.config.compression)
         self.subscriptions_by_topic: dict[str, object] = {}
