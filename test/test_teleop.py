@@ -235,3 +235,35 @@ def test_keyboard_mode_node_reads_keys_from_a_fifo(procs, ros, tmp_path):
     finally:
         os.close(writer)
         assert node.poll() is None, procs.log_of(node)
+
+
+def test_spacemouse_without_its_driver_says_what_to_install():
+    from irevla_ros.teleop import SpaceMouseDevice
+
+    with pytest.raises(DeviceError, match="pyspacemouse|no SpaceMouse found"):  # not installed here, or no device
+        SpaceMouseDevice().open()
+
+
+def test_spacemouse_buttons_become_press_events(monkeypatch):
+    """Stand-in for the pyspacemouse driver (the USB SpaceMouse cannot exist here): a module object with the
+    driver's open()/read() API returning the driver's state records."""
+    import sys
+    import types
+    from collections import namedtuple
+
+    from irevla_ros.teleop import SpaceMouseDevice
+
+    State = namedtuple("State", "t x y z roll pitch yaw buttons")
+    states = iter([State(0, 0.5, 0, 0, 0, 0, -0.2, [0, 0]), State(0, 0.5, 0, 0, 0, 0, 0, [1, 0]),
+                   State(0, 0, 0, 0, 0, 0, 0, [1, 0]), State(0, float("nan"), 0, 0, 0, 0, 0, [0, 1])])
+    standin = types.SimpleNamespace(open=lambda: True, read=lambda: next(states), close=lambda: None)
+    monkeypatch.setitem(sys.modules, "pyspacemouse", standin)
+    dev = SpaceMouseDevice(("gripper", "success"))
+    dev.open()
+    first = dev.poll(0.0)
+    assert first.axes.tolist() == [0.5, 0, 0, 0, 0, -0.2] and first.events == ()
+    assert dev.poll(0.1).events == ("gripper",)  # press
+    assert dev.poll(0.2).events == ()  # still held: no second toggle
+    last = dev.poll(0.3)
+    assert last.events == ("success",) and last.axes[0] == 0.0  # NaN from the driver never becomes motion
+    dev.close()
