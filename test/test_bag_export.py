@@ -189,3 +189,28 @@ def test_cli_eval_writes_a_report(tmp_path, capsys):
     np.testing.assert_allclose(report["recorded"], [action(k) for k in range(4)], atol=1e-6)
     assert main(["bag", "eval", str(tmp_path / "bag"), "--preset", "tiny", "--cameras", "wrist,side"]) == 2
     assert "no images for camera(s) ['side']" in capsys.readouterr().err
+
+
+ROS_FREE_EXPORT = r"""
+import sys
+class BlockRos:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split('.')[0]
+        if top in ('rclpy', 'rosidl_runtime_py', 'launch', 'launch_ros') or top.endswith(('_msgs', '_srvs')):
+            raise ImportError(f'ROS module {name} imported')
+sys.meta_path.insert(0, BlockRos())
+from irevla_ros.cli import main
+sys.exit(main(['bag', 'export', sys.argv[1], '-o', sys.argv[2]]))
+"""
+
+
+def test_export_runs_without_ros(tmp_path):
+    """`irevla bag export` on a machine without ROS (an SFT server): rosbags decodes, nothing imports rclpy."""
+    import subprocess
+    import sys
+
+    write_demo_bag(tmp_path / "bag", 4, labels=[(3, "success")])
+    result = subprocess.run([sys.executable, "-c", ROS_FREE_EXPORT, str(tmp_path / "bag"), str(tmp_path / "store")],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(EpisodeStore(tmp_path / "store").infos()) == 1
