@@ -106,11 +106,11 @@ def test_faithful_mode_franky_then_franka_node_expert(ros, procs):
     """Faithful mode, one sim_world: (1) the real franky client connects, reads the start state, moves the EE in
     the commanded direction, homes / grasps / opens the gripper, and the cameras see it; (2) the whole path
     scripted expert -> /franka/action -> franka_node -> franky -> libfranka protocol -> franky-sim reaches success,
-    and franka_node's reset brings the arm back to the start configuration."""
+    franka_node's reset brings the arm back to the start configuration, and the next task (button) succeeds too."""
     import franky
 
     host = _free_host()
-    world = procs.start(_sim_world_cmd("faithful", "-p", f"robot_host:={host}", "-p", "tasks:=['reach']",
+    world = procs.start(_sim_world_cmd("faithful", "-p", f"robot_host:={host}", "-p", "tasks:=['reach', 'button']",
                                        "-p", "seed:=5", "-p", "expert_driver:=true",
                                        "-r", f"{itf.TELEOP_ACTION.name}:={itf.ACTION.name}"), name="sim_world")
     images = ros.collect(Image, itf.camera_image("front").name, IMAGE_QOS)
@@ -160,6 +160,16 @@ def test_faithful_mode_franky_then_franka_node_expert(ros, procs):
             raise AssertionError(f"{exc}; last EE {last}; franka_node log:\n{procs.log_of(franka)[-2000:]}") from None
         assert ros.call(Trigger, itf.RESET.name, timeout=60).success
         wait_for(lambda: np.linalg.norm(_pos(poses[-1]) - HOME_EE) < EE_TOL, 30, what="EE back home")
+        # Next episode, next task: the expert presses the button through the same path.
+        reply = ros.call(Trigger, itf.SIM_RESET.name)
+        assert reply.success and json.loads(reply.message)["task"] == "button"
+        wait_for(lambda: successes and not successes[-1].data, 10, what="success cleared by the reset")
+        _wait_success(successes, 120, "button success through franka_node + franky + franky-sim")
+    except Exception:
+        print("---- sim_world log ----\n", procs.log_of(world)[-4000:])
+        if franka is not None:
+            print("---- franka_node log ----\n", procs.log_of(franka)[-6000:])
+        raise
     finally:
         assert world.poll() is None, procs.log_of(world)[-3000:]
         if franka is not None:

@@ -107,8 +107,14 @@ def family(task: str) -> str:
     return task.split("_")[0]
 
 
-def expert_action(env_or_world, episode: Episode | None = None, *, step: float | None = None) -> np.ndarray:
-    """The expert's next action. Pass a SimEnv, or a World plus its current Episode (faithful mode)."""
+def expert_action(env_or_world, episode: Episode | str | None = None, *, step: float | None = None) -> np.ndarray:
+    """The expert's next action. Pass a SimEnv (optionally with its task name, checked), or a World plus its
+    current Episode (faithful mode: the sim_world node)."""
+    if isinstance(episode, str):
+        current = getattr(env_or_world, "task", None)
+        if current != episode:
+            raise ValueError(f"expert_action: the environment runs task {current!r}, not {episode!r}")
+        episode = None
     if episode is None:
         world, episode = env_or_world.world, env_or_world.episode
         if episode is None:
