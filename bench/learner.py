@@ -1,0 +1,176 @@
+"""Learner benchmark: what freezing the VLM saves, and what replay costs in bytes.
+
+  .venv/bin/python bench/learner.py                       # tiny model on CPU (~1 min)
+  .venv/bin/python bench/learner.py --device cuda --preset blip2-2.7b-shape --batch 64   # on a GPU
+
+1. Replay memory per transition (bytes) for the model presets, 1 and 2 cameras: our layout (fp16 features stored
+   once, next observation by index) next to storing obs + next_obs (what a generic replay storage does) and next
+   to keeping the raw 224x224 images a re-encoding learner would need.
+2. SAC updates/s with cached features (our learner: sample from the memory-mapped replay + one SAC update of head
+   and critics) vs the same update when the learner re-encodes the sampled observations and next observations
+   with the frozen backbone (what a learner that does not cache features pays). Same batch, same networks.
+Targets (issue 7): >= 10x updates/s vs re-encoding; >= 40 updates/s at batch 256 on 2 CPU cores (tiny features).
+Nothing here asserts; numbers depend on the machine's load (printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def memory_table() -> None:
+    from irevla_ros.core.model import backbones
+    from irevla_ros.core.model.presets import PRESETS
+    from irevla_ros.core.model.vla import VLAModel
+    from irevla_ros.core.rl import bytes_per_transition
+
+    rows = []
+    for name in ("tiny", "blip2-2.7b-shape"):
+        preset = PRESETS[name]
+        for cams in (1, 2):
+            cfg = VLAModel._make_config(preset.family, preset.hf_config(), cams, preset.max_text_tokens, None,
+                                        preset.image_mean, preset.image_std, preset=name)
+            t, d = cfg.feature_shape
+            ours = bytes_per_transition((t, d), 0)
+            generic = 2 * t * d * 2 + 69  # obs + next_obs fp16
+            images = cams * 224 * 224 * 3 * 2  # uint8 obs + next_obs images for a re-encoding learner
+            rows.append([name, cams, f"{t} x {d}", human(ours), human(generic), human(images),
+                         f"{(1 << 30) // ours:,}"])
+        del backbones
+        from irevla_ros.core.model import backbones  # noqa: F401 - keep the import local and explicit
+    table("1. Replay memory per transition (features fp16, stored once; next observation by index)",
+          ["preset", "cams", "features T x D", "ours", "obs+next_obs", "raw images 224^2", "transitions / GiB"],
+          rows)
+
+
+def throughput(args) -> None:
+    import torch
+
+    from irevla_ros.core.model.vla import VLAModel
+    from irevla_ros.core.rl import RLConfig, SACLearner
+    from irevla_ros.core.rl.replay import Batch, ReplayBuffer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" and args.preset != "tiny" else None
+    model = VLAModel.from_preset(args.preset, device=device, dtype=dtype)
+    cfg = model.config
+    size = cfg.image_size
+    rng = np.random.default_rng(0)
+    n_steps = args.steps
+    images = rng.integers(0, 255, (n_steps, size, size, 3), dtype=np.uint8)
+    instruction = "pick up the red cube"
+    feats = []
+    with model.frozen(), torch.no_grad():
+        for i in range(0, n_steps, 64):
+            feats.append(model.encode([images[i:i + 64]], [instruction] * len(images[i:i + 64])).float().cpu())
+    features = torch.cat(feats).to(torch.float16).numpy()
+    shape = tuple(features.shape[1:])
+
+    rl = RLConfig(feature_tokens=shape[0], feature_dim=shape[1], batch_size=args.batch)
+    learner = SACLearner(cfg.head, rl, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        buf = ReplayBuffer(tmp, n_steps + 1, shape)
+        prev = None
+        for i in range(n_steps):
+            slot, _ = buf.add(features[i], np.zeros(7, np.float32), reward=float(i % 16 == 15), done=i % 16 == 15,
+                              terminal=i % 16 == 15)
+            if prev is not None:
+                buf.link(prev, slot)
+            if i % 16 == 15:
+                buf.link(slot, slot)
+                prev = None
+            else:
+                prev = slot
+        sample_rng = np.random.default_rng(1)
+
+        def sync() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def cached_update() -> None:
+            learner.update(buf.sample(args.batch, sample_rng))
+
+        def reencode_update() -> None:
+            valid = np.flatnonzero(buf.next_idx >= 0)
+            idx = np.sort(valid[sample_rng.integers(0, len(valid), args.batch)])
+            nxt = buf.next_idx[idx]
+            with model.frozen(), torch.no_grad():
+                f = model.encode([images[idx]], [instruction] * len(idx)).float().cpu().numpy()
+                nf = model.encode([images[nxt]], [instruction] * len(idx)).float().cpu().numpy()
+            b = buf.gather(idx)
+            learner.update(Batch(features=f, proprio=b.proprio, action=b.action, reward=b.reward, next_features=nf,
+                                 next_proprio=b.next_proprio, terminal=b.terminal, log_prob=b.log_prob,
+                                 intervention=b.intervention))
+
+        def rate(fn, n: int) -> float:
+            for _ in range(2):
+                fn()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync()
+            return n / (time.perf_counter() - t0)
+
+        cached = rate(cached_update, args.updates)
+        sample_ms = 1000 * (lambda t0: (sum(1 for _ in range(20) if buf.sample(args.batch, sample_rng)) and
+                                        (time.perf_counter() - t0) / 20))(time.perf_counter())
+        reencode = rate(reencode_update, max(3, args.updates // 10))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    card = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU x{os.cpu_count()}, {torch.get_num_threads()} " \
+        f"torch threads, load avg {load:.1f}"
+    table(f"2. SAC updates/s, {args.preset} features {shape[0]} x {shape[1]}, batch {args.batch}, {card}",
+          ["learner", "updates/s", "ms/update", "ratio", "target"],
+          [["cached features (ours)", f"{cached:.1f}", f"{1000 / cached:.1f}", f"{cached / reencode:.1f}x",
+            ">= 40/s at batch 256 (2 CPU cores, tiny); >= 10x"],
+           ["re-encodes obs + next_obs", f"{reencode:.2f}", f"{1000 / reencode:.1f}", "1.0x", ""],
+           ["  of which replay sample", "", f"{sample_ms:.1f}", "", ""]])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="model preset (irevla_ros.core.model.presets)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--updates", type=int, default=40, help="timed cached updates (re-encoding: a tenth)")
+    parser.add_argument("--steps", type=int, default=1024, help="steps in the benchmark's replay buffer")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_memory:
+        memory_table()
+    throughput(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
