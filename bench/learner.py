@@ -46,7 +46,6 @@ def human(n: float) -> str:
 
 
 def memory_table() -> None:
-    from irevla_ros.core.model import backbones
     from irevla_ros.core.model.presets import PRESETS
     from irevla_ros.core.model.vla import VLAModel
     from irevla_ros.core.rl import bytes_per_transition
@@ -63,8 +62,6 @@ def memory_table() -> None:
             images = cams * 224 * 224 * 3 * 2  # uint8 obs + next_obs images for a re-encoding learner
             rows.append([name, cams, f"{t} x {d}", human(ours), human(generic), human(images),
                          f"{(1 << 30) // ours:,}"])
-        del backbones
-        from irevla_ros.core.model import backbones  # noqa: F401 - keep the import local and explicit
     table("1. Replay memory per transition (features fp16, stored once; next observation by index)",
           ["preset", "cams", "features T x D", "ours", "obs+next_obs", "raw images 224^2", "transitions / GiB"],
           rows)
@@ -142,12 +139,16 @@ def throughput(args) -> None:
             return n / (time.perf_counter() - t0)
 
         cached = rate(cached_update, args.updates)
-        sample_ms = 1000 * (lambda t0: (sum(1 for _ in range(20) if buf.sample(args.batch, sample_rng)) and
-                                        (time.perf_counter() - t0) / 20))(time.perf_counter())
+        t0 = time.perf_counter()
+        for _ in range(20):
+            buf.sample(args.batch, sample_rng)
+        sample_ms = 1000 * (time.perf_counter() - t0) / 20
         reencode = rate(reencode_update, max(3, args.updates // 10))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    card = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU x{os.cpu_count()}, {torch.get_num_threads()} " \
-        f"torch threads, load avg {load:.1f}"
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(0)
+    else:
+        card = f"CPU x{os.cpu_count()}, {torch.get_num_threads()} torch threads, load avg {load:.1f}"
     table(f"2. SAC updates/s, {args.preset} features {shape[0]} x {shape[1]}, batch {args.batch}, {card}",
           ["learner", "updates/s", "ms/update", "ratio", "target"],
           [["cached features (ours)", f"{cached:.1f}", f"{1000 / cached:.1f}", f"{cached / reencode:.1f}x",
