@@ -216,3 +216,36 @@ def test_bad_parameters_are_rejected():
         PackagerConfig(poll_s=float("nan"))
     with pytest.raises(ValueError, match="expert_fraction"):
         PackagerConfig(expert_fraction=1.5)
+
+
+def test_stage2_job_carries_the_rl_head_and_the_worker_starts_from_it(tmp_path):
+    import torch
+
+    from irevla_ros.core.model.vla import VLAModel
+    from irevla_ros.core.model.weights import encode_head_weights
+    from irevla_ros.core.sft.worker import process_job
+
+    experts = tmp_path / "experts"
+    record_synthetic(EpisodeWriter(experts), episodes=3, steps=3, seed=5)
+    cfg = PackagerConfig(run_dir=str(tmp_path / "run"), key_file=str(_key_file(tmp_path)),
+                         expert_dataset_dirs=str(experts), verify_result=False, val_fraction=0.3,
+                         stage2_mode="head", sft_steps=1, sft_lr=1e-9)
+    packager = Packager(cfg)
+    packager.poll()
+    _fake_result(tmp_path, packager, key=KEY, mse_before=0.2, mse_after=0.1)
+    packager.poll()
+    assert packager.iteration.state.policy_version == "1"
+    rl = VLAModel.from_preset("tiny", num_cameras=1, seed=3).head_state_dict()  # "improved by RL"
+    assert packager.on_head_weights(encode_head_weights(rl, 7, base_version="1")) == "7"
+    assert packager.trigger()[0]
+    packager.poll()
+    job_id = packager.iteration.state.job_id
+    body = json.loads((tmp_path / "run" / "sft" / "jobs" / job_id / "job.json").read_text())
+    assert body["stage"] == 2 and body["base_model"]["rl_head"] == "rl_head.safetensors"
+    spool = Spool(cfg.spool, KEY)
+    lease = spool.claim("w", job_id)
+    result = process_job(spool, lease, tmp_path / "work", KEY, {}, heartbeat_s=5.0, progress=False)
+    tuned = VLAModel.from_pretrained(tmp_path / "work" / "results" / f"{job_id}.0" / "model")
+    for k, v in tuned.head_state_dict().items():  # one step at lr 1e-9: still the RL head, not the stage-0 one
+        assert torch.allclose(v, rl[k], atol=1e-6), k
+    assert result["version"] == "2"

@@ -1,9 +1,10 @@
 """packager_node: every episode on disk, durably; SFT jobs out through the spool; verified SFT weights back in.
 
-Subscribes TRANSITION (codec Transition; frames included when the policy's `transition_images` is on) and
-EPISODE_EVENT (JSON). Publishes FULL_WEIGHTS_READY ({"path", "version", "sha256"}, latched) once an SFT result has
-passed the signature, checksum and held-out checks, and ITERATION_STATUS (JSON, latched). Service SFT_TRIGGER
-(std_srvs/Trigger) requests a stage-2 job now. Logic lives in irevla_ros/core/data/packager.py.
+Subscribes TRANSITION (codec Transition; frames included when the policy's `transition_images` is on),
+EPISODE_EVENT (JSON) and HEAD_WEIGHTS (the RL head a stage-2 job starts from). Publishes FULL_WEIGHTS_READY
+({"path", "version", "sha256"}, latched) once an SFT result has passed the signature, checksum and held-out
+checks, and ITERATION_STATUS (JSON, latched). Service SFT_TRIGGER (std_srvs/Trigger) requests a stage-2 job now.
+Logic lives in irevla_ros/core/data/packager.py.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class PackagerNode(Node):
         # Job building, uploads and result checks can take seconds: their own group, never blocking recording.
         slow_group = MutuallyExclusiveCallbackGroup()
         self.create_timer(self.config.poll_s, self.poll_callback, callback_group=slow_group)
+        self.create_subscription(UInt8MultiArray, itf.HEAD_WEIGHTS.name, self.head_weights_callback, LATCHED_QOS,
+                                 callback_group=data_group)
         self.create_service(Trigger, itf.SFT_TRIGGER.name, self.trigger_callback, callback_group=data_group)
         self.create_timer(0.2, self.packager.tick, callback_group=data_group)
         self.get_logger().info(f"recording {self.config.episode_source} episodes to {self.config.dataset_path}; "
@@ -69,6 +72,14 @@ class PackagerNode(Node):
             self.get_logger().warning(f"rejected a transition: {exc}", throttle_duration_sec=1.0)
             return
         self.packager.on_transition(t)
+
+    def head_weights_callback(self, msg: UInt8MultiArray) -> None:
+        try:
+            version = self.packager.on_head_weights(bytes(msg.data))
+        except PayloadError as exc:
+            self.get_logger().warning(f"rejected head weights: {exc}", throttle_duration_sec=1.0)
+            return
+        self.get_logger().debug(f"kept RL head v{version} for the next stage-2 job")
 
     def episode_callback(self, msg: String) -> None:
         try:

@@ -150,6 +150,7 @@ class Packager:
         self.stats = {"episodes": 0, "steps": 0, "rejected": 0}
         self.iteration: Iteration | None = None
         self.spool: Spool | None = None
+        self.rl_head: tuple[dict, str, str] | None = None  # (state dict, head version, base policy version)
         if config.sft_enabled:
             self.iteration = Iteration(config.run_path / STATE_FILE, config.iteration_config())
             self.spool = Spool(config.spool, load_or_create_key(config.key_file), lease_s=config.lease_s)
@@ -241,6 +242,16 @@ class Packager:
                 if now - t > 600:
                     del self.ended[eid]
 
+    def on_head_weights(self, payload: bytes) -> str:
+        """Keep the RL learner's newest head (HEAD_WEIGHTS): stage 2 fine-tunes the model WITH it, as in the paper.
+        Returns its version; raises PayloadError on a bad payload."""
+        from irevla_ros.core.model.weights import decode_head_weights
+
+        state, version, meta = decode_head_weights(payload, with_meta=True)
+        with self._lock:
+            self.rl_head = (state, version, str(meta.get("base_version", "")))
+        return version
+
     # ---- stage 0/2: jobs and results ------------------------------------------------------------------------
     def trigger(self) -> tuple[bool, str]:
         if self.iteration is None:
@@ -291,9 +302,10 @@ class Packager:
         sft = {"mode": cfg.stage0_mode if stage == 0 else cfg.stage2_mode, "steps": cfg.sft_steps,
                "batch_size": cfg.sft_batch_size, "lr": cfg.sft_lr, "head_lr": cfg.sft_lr}
         try:
+            base = self._base_model(cameras)
             body = build_job_dir(sel, job_dir, cfg.job_config(), job_id=job_id, stage=stage,
-                                 iteration=self.iteration.state.iteration, version=str(n),
-                                 base_model=self._base_model(cameras), sft=sft)
+                                 iteration=self.iteration.state.iteration, version=str(n), base_model=base, sft=sft)
+            self._attach_rl_head(stage, job_dir, body)
         except (JobBuildError, EpisodeError) as exc:
             msg = f"cannot build a stage-{stage} job yet: {exc}"
             if self.iteration.state.last_error != msg:
@@ -305,6 +317,26 @@ class Packager:
         self.iteration.job_submitted(job_id)
         self.log.info(f"submitted stage-{stage} SFT job {job_id}: {body['counts']['expert']} expert + "
                       f"{body['counts']['online']} online episodes ({len(body['val'])} held out) -> version {n}")
+
+    def _attach_rl_head(self, stage: int, job_dir: Path, body: dict) -> None:
+        """Stage 2 starts from the head RL improved (if it was trained on the current model's features)."""
+        with self._lock:
+            head = self.rl_head
+        current = self.iteration.state.policy_version
+        if stage != 2 or head is None or not body.get("base_model") or "spool_path" not in body["base_model"]:
+            return
+        state, version, base_version = head
+        if base_version and current and base_version != current:
+            self.log.warning(f"ignoring RL head v{version}: trained on policy {base_version}, current is {current}")
+            return
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(job_dir / "rl_head.safetensors"))
+        body["base_model"]["rl_head"] = "rl_head.safetensors"
+        body["base_model"]["rl_head_version"] = version
+        from irevla_ros.core.data.episodes import atomic_write
+
+        atomic_write(job_dir / "job.json", json.dumps(body, indent=1, sort_keys=True).encode())
 
     def _check_result(self, job_id: str) -> None:
         done = self.spool.status(job_id)

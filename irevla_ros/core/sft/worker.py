@@ -146,6 +146,17 @@ def process_job(spool: Spool, lease: Lease, work: Path, key: bytes, overrides: d
     except (TypeError, ValueError) as exc:
         raise JobRejected(f"job SFT settings: {exc}") from exc
     model = _load_base_model(spool, body, work, key)
+    rl_head = (body.get("base_model") or {}).get("rl_head")
+    if rl_head:  # stage 2 fine-tunes the model with the head RL improved (signed and checksummed with the job)
+        from safetensors.torch import load_file
+
+        from irevla_ros.core.model.vla import ModelFolderError
+
+        try:
+            model.load_head_state_dict(load_file(str(job_dir / rl_head)))
+        except (ModelFolderError, OSError, ValueError) as exc:
+            raise JobRejected(f"the job's RL head {rl_head}: {exc}") from exc
+        LOG.info("starting from RL head v%s", body["base_model"].get("rl_head_version"))
     cameras = list(body.get("cameras", []))
     if len(cameras) != model.config.num_cameras:
         raise JobRejected(f"the job has {len(cameras)} camera(s) {cameras}, the model takes "
