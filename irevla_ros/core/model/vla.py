@@ -212,10 +212,8 @@ class VLAModel(nn.Module):
         hf_config = preset.hf_config()
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.device(device):
-            backbone = fam.model_class()(hf_config)
-        if dtype is not None:
-            backbone = backbone.to(dtype)
+        with torch.device(device):  # built in place, in the target dtype (a 3.8 B preset never exists in fp32)
+            backbone = fam.model_class()._from_config(hf_config, **({"dtype": dtype} if dtype is not None else {}))
         tokenizer = build_byte_tokenizer(preset.max_text_tokens)
         config = cls._make_config(preset.family, hf_config, num_cameras, preset.max_text_tokens, head,
                                   preset.image_mean, preset.image_std, preset=name)
