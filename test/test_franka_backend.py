@@ -53,6 +53,10 @@ class FrankySimHost:
         self.watch_box: WorkspaceBox | None = None
         self.max_violation = (0.0, 0.0)
         self.watched = 0
+        self.max_step_gap = 0.0
+        self._pose: Pose | None = None
+        """Longest wall-clock gap between two 1 ms simulator steps (s): stalls show up here."""
+        self._last_step_t = time.perf_counter()
         self.sim.register_pre_step_callback(self._pre_step)
         self.sim.register_post_step_callback(self._post_step)
         self.server.run_async(realtime=True)
@@ -62,7 +66,14 @@ class FrankySimHost:
         return self.sim_robot.hostname
 
     def ee_pose(self) -> Pose:
-        """The simulator's own EE pose (O_T_EE), independent of what the client reports."""
+        """The simulator's own EE pose (O_T_EE), independent of what the client reports; sampled every
+        `watch_every` ms by the simulator thread (reading the state from another thread races with stepping)."""
+        wait_for_pose = time.monotonic() + 5.0
+        while self._pose is None and time.monotonic() < wait_for_pose:
+            time.sleep(0.005)
+        return self._pose
+
+    def _read_pose(self) -> Pose:
         m = np.array(self.sim_robot.state.O_T_EE).reshape(4, 4, order="F")
         return Pose(m[:3, 3], quat_from_matrix(m[:3, :3]))
 
@@ -82,10 +93,16 @@ class FrankySimHost:
 
     def _post_step(self, _sim) -> None:
         self._steps += 1
-        box = self.watch_box
-        if box is None or self._steps % self._watch_every:
+        now = time.perf_counter()
+        self.max_step_gap = max(self.max_step_gap, now - self._last_step_t)
+        self._last_step_t = now
+        if self._steps % self._watch_every:
             return
-        dp, dr = box.violation(self.ee_pose())
+        pose = self._pose = self._read_pose()
+        box = self.watch_box
+        if box is None:
+            return
+        dp, dr = box.violation(pose)
         self.watched += 1
         self.max_violation = (max(self.max_violation[0], dp), max(self.max_violation[1], dr))
 

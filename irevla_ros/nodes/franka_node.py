@@ -13,14 +13,18 @@ See docs/franka_node.md for units, QoS and decisions.
 
 from __future__ import annotations
 
+import faulthandler
+import signal
+import threading
 import time
 from dataclasses import dataclass, fields
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, WrenchStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -112,15 +116,12 @@ class FrankaNode(Node):
         self._rng = np.random.default_rng(None if self.config.reset_seed < 0 else self.config.reset_seed)
         self.command_received_t = 0.0
         """perf_counter() when the last action arrived (bench/control_loop.py reads it)."""
+        self.commands_received = 0
 
         state = self.controller.start()
         self.get_logger().info(
             f"robot connected: EE at {np.round(state.ee_position, 3).tolist()} m, mode {state.mode}; workspace "
             f"{self.config.workspace_min}..{self.config.workspace_max} m")
-
-        self._command_group = MutuallyExclusiveCallbackGroup()
-        self._state_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = ReentrantCallbackGroup()
 
         self.joint_pub = self.create_publisher(JointState, itf.JOINT_STATES.name, STATE_QOS)
         self.ee_pub = self.create_publisher(PoseStamped, itf.EE_POSE.name, STATE_QOS)
@@ -130,17 +131,19 @@ class FrankaNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, itf.DIAGNOSTICS.name, STATE_QOS)
         self.marker_pub = self.create_publisher(Marker, itf.WORKSPACE_MARKER.name, LATCHED_QOS)
 
-        self.create_subscription(Float64MultiArray, itf.ACTION.name, self.action_callback, COMMAND_QOS,
-                                 callback_group=self._command_group)
-        self.create_subscription(PoseStamped, itf.TARGET_POSE.name, self.target_pose_callback, COMMAND_QOS,
-                                 callback_group=self._command_group)
-        self.create_timer(1.0 / self.config.control_rate_hz, self.control_callback, callback_group=self._command_group)
-        self.create_timer(1.0 / self.config.state_rate_hz, self.state_callback, callback_group=self._state_group)
-        self.create_timer(1.0 / self.config.diagnostics_rate_hz, self.publish_diagnostics,
-                          callback_group=self._state_group)
-        self.create_service(Trigger, itf.RESET.name, self.reset_callback, callback_group=self._service_group)
-        self.create_service(Trigger, itf.ESTOP.name, self.estop_callback, callback_group=self._service_group)
-        self.create_service(Trigger, itf.RECOVER.name, self.recover_callback, callback_group=self._service_group)
+        # One single-threaded executor runs every callback (rclpy's MultiThreadedExecutor dropped command
+        # callbacks under load in our tests); only the blocking reset motion runs in a worker thread.
+        self.create_subscription(Float64MultiArray, itf.ACTION.name, self.action_callback, COMMAND_QOS)
+        self.create_subscription(PoseStamped, itf.TARGET_POSE.name, self.target_pose_callback, COMMAND_QOS)
+        self.create_timer(1.0 / self.config.control_rate_hz, self.control_callback)
+        self.create_timer(1.0 / self.config.state_rate_hz, self.state_callback)
+        self.create_timer(1.0 / self.config.diagnostics_rate_hz, self.publish_diagnostics)
+        # The pending reset coroutine occupies its callback group until the motion ends: a group of its own,
+        # so commands (refused while resetting), state, diagnostics and the e-stop keep running.
+        self._reset_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, itf.RESET.name, self.reset_callback, callback_group=self._reset_group)
+        self.create_service(Trigger, itf.ESTOP.name, self.estop_callback)
+        self.create_service(Trigger, itf.RECOVER.name, self.recover_callback)
 
         self._last_mode = self.controller.mode
         self.publish_workspace_marker()
@@ -152,6 +155,7 @@ class FrankaNode(Node):
     # --- commands -----------------------------------------------------------------------------------------
     def action_callback(self, msg: Float64MultiArray) -> None:
         self.command_received_t = time.perf_counter()
+        self.commands_received += 1
         try:
             target = self.controller.on_action(msg.data)
         except InvalidAction as exc:
@@ -223,6 +227,7 @@ class FrankaNode(Node):
             "mode": status.mode,
             "robot_mode": robot_mode,
             "last_error": status.last_error,
+            "commands_received": str(self.commands_received),
             "commands_applied": str(status.commands_applied),
             "recoveries": str(status.recoveries),
             "recover_attempts": str(status.recover_attempts),
@@ -254,17 +259,27 @@ class FrankaNode(Node):
         self.marker_pub.publish(m)
 
     # --- services -----------------------------------------------------------------------------------------
-    def reset_callback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            pose = self.controller.reset(rng=self._rng)
-        except (RobotError, CommandRejected) as exc:
+    async def reset_callback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """The reset motion takes seconds: it runs in a worker thread while this coroutine yields, so state,
+        diagnostics and the e-stop keep being served."""
+        done: Future = Future()
+
+        def work() -> None:
+            try:
+                done.set_result(self.controller.reset(rng=self._rng))
+            except (RobotError, CommandRejected) as exc:
+                done.set_result(exc)
+
+        threading.Thread(target=work, name="franka_reset", daemon=True).start()
+        outcome = await done
+        if isinstance(outcome, Exception):
             response.success = False
-            response.message = f"reset failed: {exc}"
+            response.message = f"reset failed: {outcome}"
             self.get_logger().error(response.message)
         else:
             response.success = True
             response.message = (f"reset ({self.config.reset_mode}): EE at "
-                                f"{np.round(pose.position, 4).tolist()} m, gripper open")
+                                f"{np.round(outcome.position, 4).tolist()} m, gripper open")
         self.publish_diagnostics()
         return response
 
@@ -289,7 +304,9 @@ class FrankaNode(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(FrankaNode, args, multithreaded=True)
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: the first thing to look at if the arm node hangs.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    return spin_node(FrankaNode, args)
 
 
 if __name__ == "__main__":

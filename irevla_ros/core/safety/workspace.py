@@ -161,7 +161,35 @@ def apply_action(current_pose: Pose, action, limits: StepLimits, box: WorkspaceB
 
 def safe_target(reference: Pose, target: Pose, max_translation: float, max_rotation: float,
                 box: WorkspaceBox) -> Pose:
-    """Clip `target` into the box, then cap the step from `reference`; a reference inside the box always
-    yields a target inside the box."""
-    clipped = limit_step(reference, box.clip(target), max_translation, max_rotation)
-    return box.clip(clipped) if box.contains(reference, 1e-9, 1e-9) else clipped
+    """Clip `target` into the box, then cap the step from `reference` to max_translation m / max_rotation rad.
+
+    With `reference` inside the box the capped target lies on the straight line from reference to the clipped
+    target in (position, box rotation-vector) coordinates: the box is convex there, so the result is inside
+    the box AND within the step limits. From outside the box it heads back by at most one step.
+    """
+    clipped = box.clip(target)
+    if not box.contains(reference, 1e-9, 1e-9):
+        return limit_step(reference, clipped, max_translation, max_rotation)
+
+    def within(p: Pose) -> bool:
+        dp, dr = reference.distance_to(p)
+        return dp <= max_translation + 1e-12 and dr <= max_rotation + 1e-12
+
+    if within(clipped):
+        return clipped
+    r0 = box.orientation_offset(reference.quaternion)
+    r1 = box.orientation_offset(clipped.quaternion)
+    ref_q = np.asarray(box.orientation_reference)
+
+    def along(f: float) -> Pose:
+        return Pose(reference.position + f * (clipped.position - reference.position),
+                    quat_multiply(quat_from_rotvec(r0 + f * (r1 - r0)), ref_q))
+
+    lo, hi = 0.0, 1.0  # along(lo) is always within the limits
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if within(along(mid)):
+            lo = mid
+        else:
+            hi = mid
+    return along(lo)
