@@ -203,6 +203,23 @@ def test_init_head_starts_from_the_given_weights(tmp_path):
         OnlineLearner(small_config(tmp_path / "c", init_head=str(bad)))
 
 
+def test_init_head_from_the_policy_model_folder(tmp_path):
+    """init_head = the policy's model folder: head config, feature shape and head weights come from it."""
+    from irevla_ros.core.model.vla import HEAD_FILE, VLAModel
+
+    model = VLAModel.from_preset("tiny", head={"hidden_dim": 48, "num_learned_tokens": 3})
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    learner = OnlineLearner(small_config(tmp_path, init_head=str(folder), feature_tokens=0, feature_dim=0))
+    assert learner.feature_shape == model.feature_shape
+    assert learner.head_config == model.config.head
+    for k, v in model.head.state_dict().items():
+        assert torch.equal(v, learner.algo.actor.state_dict()[k])
+    (folder / HEAD_FILE).write_bytes((folder / HEAD_FILE).read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match="does not match"):
+        OnlineLearner(small_config(tmp_path / "again", init_head=str(folder)))
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 def fill(learner: OnlineLearner, episodes: int, seed: int = 0) -> None:
     env = Reach(seed)

@@ -101,6 +101,7 @@ class OnlineLearner:
         self.recent_success: deque[float] = deque(maxlen=window)
         self.recent_intervention: deque[float] = deque(maxlen=window)
         self.head_config: HeadConfig | None = None
+        self.proprio_dim = config.proprio_dim
         self.algo: SACLearner | PPOLearner | None = None
         self.online: ReplayBuffer | None = None
         self.demo: ReplayBuffer | None = None
@@ -116,14 +117,32 @@ class OnlineLearner:
         self._last_stats: dict[str, float] = {}
         self.writer = None
 
+        self._folder = self._model_folder()
         if config.resume:
             self._try_resume()
         if self.algo is None:
             self._start_fresh()
 
     # --- construction ---------------------------------------------------------------------------------------
+    def _model_folder(self) -> tuple[HeadConfig, tuple[int, int], Path] | None:
+        """`init_head` may name the policy's VLA model folder: then its head config, feature shape and verified
+        head.safetensors are used, so the learner's head always matches the policy's."""
+        if not self.config.init_head or not Path(self.config.init_head).is_dir():
+            return None
+        from irevla_ros.core.model.vla import HEAD_FILE, file_sha256, read_config, read_manifest
+
+        folder = Path(self.config.init_head)
+        vla = read_config(folder)
+        expected = read_manifest(folder)["files"].get(HEAD_FILE)
+        head_file = folder / HEAD_FILE
+        if not head_file.is_file() or file_sha256(head_file) != expected:
+            raise ValueError(f"init_head {folder}: {HEAD_FILE} is missing or does not match the folder's manifest")
+        return vla.head, tuple(vla.feature_shape), head_file
+
     def _head_config(self, feature_shape: tuple[int, int]) -> HeadConfig:
         c = self.config
+        if self._folder is not None:
+            return self._folder[0]
         return HeadConfig(feature_dim=int(feature_shape[1]), num_learned_tokens=c.num_learned_tokens,
                           hidden_dim=c.hidden_dim, proprio_dim=c.proprio_dim)
 
@@ -131,7 +150,10 @@ class OnlineLearner:
         c = self.config
         self.feature_shape = (int(feature_shape[0]), int(feature_shape[1]))
         self.head_config = self._head_config(self.feature_shape)
-        per = bytes_per_transition(self.feature_shape, c.proprio_dim)
+        self.proprio_dim = self.head_config.proprio_dim
+        if self.head_config.feature_dim != self.feature_shape[1]:
+            raise ValueError(f"head feature_dim {self.head_config.feature_dim} != features {self.feature_shape}")
+        per = bytes_per_transition(self.feature_shape, self.proprio_dim)
         online_cap, demo_cap = c.online_capacity_bytes // per, c.demo_capacity_bytes // per
         if (algorithm or c.algorithm) == "ppo" and online_cap < 2 * c.ppo_rollout_steps:
             raise ValueError(f"online_capacity_bytes={c.online_capacity_bytes} holds {online_cap} steps of "
@@ -139,9 +161,9 @@ class OnlineLearner:
         if online_cap < 2 or demo_cap < 2:
             raise ValueError(f"buffers too small: {per} bytes per step, online_capacity_bytes="
                              f"{c.online_capacity_bytes}, demo_capacity_bytes={c.demo_capacity_bytes}")
-        self.online = ReplayBuffer(self.root / "buffers" / "online", online_cap, self.feature_shape, c.proprio_dim,
-                                   fresh=fresh)
-        self.demo = ReplayBuffer(self.root / "buffers" / "demo", demo_cap, self.feature_shape, c.proprio_dim,
+        self.online = ReplayBuffer(self.root / "buffers" / "online", online_cap, self.feature_shape,
+                                   self.proprio_dim, fresh=fresh)
+        self.demo = ReplayBuffer(self.root / "buffers" / "demo", demo_cap, self.feature_shape, self.proprio_dim,
                                  fresh=fresh)
         if c.algorithm == "sac":
             self.algo = SACLearner(self.head_config, c, self.device)
@@ -158,6 +180,11 @@ class OnlineLearner:
         c = self.config
         demos = load_demo_episodes(c.demo_dir, self.rejected) if c.demo_dir else []
         shape = (c.feature_tokens, c.feature_dim) if c.feature_dim else None
+        if self._folder is not None:
+            if shape is not None and shape != self._folder[1]:
+                raise ValueError(f"feature_tokens/feature_dim {shape} contradict the model folder's features "
+                                 f"{self._folder[1]} ({c.init_head})")
+            shape = self._folder[1]
         if shape is None and demos:
             shape = tuple(demos[0][0].features.shape)
         if shape is not None:
@@ -169,7 +196,8 @@ class OnlineLearner:
 
     def _init_head(self) -> None:
         if self.config.init_head:
-            meta = load_head_file(self.config.init_head, self.algo.actor)
+            path = str(self._folder[2]) if self._folder is not None else self.config.init_head
+            meta = load_head_file(path, self.algo.actor)
             self.log(f"initial head from {self.config.init_head} (version {meta.get('version', '?')})")
 
     def _load_pending_demos(self) -> None:
@@ -200,14 +228,14 @@ class OnlineLearner:
     def _check(self, t: Transition) -> bool:
         if tuple(t.features.shape) != self.feature_shape:
             return self._reject("feature_shape")
-        if self.config.proprio_dim and t.proprio.shape != (self.config.proprio_dim,):
+        if self.proprio_dim and t.proprio.shape != (self.proprio_dim,):
             return self._reject("proprio_dim")
         if np.abs(t.action).max() > 1.0 + 1e-6:
             return self._reject("action_range")
         return True
 
     def _proprio(self, t: Transition) -> np.ndarray | None:
-        return t.proprio if self.config.proprio_dim else None
+        return t.proprio if self.proprio_dim else None
 
     def add_transition(self, t: Transition) -> bool:
         try:
