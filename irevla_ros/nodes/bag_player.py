@@ -117,8 +117,17 @@ class BagPlayerNode(Node):
             pub.publish(msg.data)
             self.played[msg.topic] += 1
 
+    def _warm_up(self) -> None:
+        """Load every type's support code before the clock starts (the first decode of a type takes tens of ms,
+        which would otherwise delay the first messages)."""
+        from rclpy.serialization import serialize_message
+
+        for _, cls in self.publishers_by_topic.values():
+            deserialize_message(serialize_message(cls()), cls)
+
     def _run(self) -> None:
         try:
+            self._warm_up()
             self._wait_for_subscribers()
             while not self._stop.is_set():
                 self._play_once()
