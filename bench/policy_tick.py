@@ -130,9 +130,13 @@ if reloads:
 rng = np.random.default_rng(0)
 frame = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8).tobytes()
 t_end = time.monotonic() + duration
-next_reload = time.monotonic() + 3.0
+import signal
+signal.signal(signal.SIGTERM, lambda *_: globals().__setitem__("t_end", 0.0))  # stop: report and exit
+next_reload = None  # reloads start 1 s after the policy node subscribes (it is acting by then)
 sent = 0
 while time.monotonic() < t_end:
+    if next_reload is None and w_pub.get_subscription_count() > 0:
+        next_reload = time.monotonic() + 1.0
     stamp = node.get_clock().now().to_msg()
     for cam, pub in pubs.items():
         m = Image(); m.header.stamp = stamp; m.height = m.width = 224; m.encoding = "rgb8"; m.step = 224 * 3
@@ -140,7 +144,7 @@ while time.monotonic() < t_end:
     p = PoseStamped(); p.header.stamp = stamp; p.pose.position.x = 0.4; p.pose.orientation.x = 1.0
     p.pose.orientation.w = 0.0; pose_pub.publish(p)
     j = JointState(); j.header.stamp = stamp; j.name = ["gripper_width"]; j.position = [0.08]; grip_pub.publish(j)
-    if payloads and sent < len(payloads) and time.monotonic() >= next_reload:
+    if payloads and sent < len(payloads) and next_reload is not None and time.monotonic() >= next_reload:
         w_pub.publish(UInt8MultiArray(data=payloads[sent])); sent += 1; next_reload = time.monotonic() + 0.12
     time.sleep(1 / 30)
 print(json.dumps({"reloads_sent": sent}))
@@ -154,7 +158,8 @@ def run_node(hz: float, seconds: float, reloads: int) -> dict:
 
     from irevla_ros.nodes.policy_node import PolicyNode
 
-    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(reloads), str(seconds + 6.0)],
+    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(reloads), str(seconds + 75.0 if reloads else
+                                                                                seconds + 6.0)],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     rclpy.init(args=["--ros-args", "-p", f"control_hz:={hz}", "-p", "max_steps:=100000", "-p", "mode:=rl",
                      "-p", "max_image_age_s:=0.5"])
@@ -170,6 +175,10 @@ def run_node(hz: float, seconds: float, reloads: int) -> dict:
     first = len(node.tick_starts)
     missed0 = node.missed_ticks
     time.sleep(seconds)
+    if reloads:  # keep measuring until the last reload is applied (or 60 s more)
+        t_wait = time.monotonic() + 60
+        while node.actor.slots.version != str(reloads) and time.monotonic() < t_wait:
+            time.sleep(0.05)
     starts = np.array(node.tick_starts[first:])
     durations = np.array(node.tick_durations[first:]) * 1e3
     model_ms = np.array(node.model_durations[-len(durations):]) * 1e3 if len(durations) else np.array([])
@@ -185,6 +194,7 @@ def run_node(hz: float, seconds: float, reloads: int) -> dict:
     spin.join(5)
     node.destroy_node()
     rclpy.shutdown()
+    feeder.terminate()
     out, _ = feeder.communicate(timeout=60)
     result["feeder"] = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     return result
