@@ -36,6 +36,7 @@ from irevla_ros.core.control.franka_controller import (
     FAULT,
     HOLDING,
     STOPPED,
+    TRACKING,
     CommandRejected,
     FrankaControlConfig,
     FrankaController,
@@ -163,6 +164,7 @@ class FrankaNode(Node):
             return
         except CommandRejected as exc:
             self.get_logger().warning(f"action not executed: {exc}", throttle_duration_sec=1.0)
+            self._report_mode_change()
             return
         self.target_pub.publish(_pose_msg(target, self.get_clock().now().to_msg()))
 
@@ -175,12 +177,21 @@ class FrankaNode(Node):
         self.target_pub.publish(_pose_msg(target, self.get_clock().now().to_msg()))
 
     def control_callback(self) -> None:
-        mode = self.controller.tick()
-        if mode != self._last_mode:
-            if mode == HOLDING and self._last_mode != HOLDING:
-                self.get_logger().info(f"no fresh command for {self.config.command_timeout_s}s: holding")
-            self._last_mode = mode
-            self.publish_diagnostics()
+        self._report_mode_change()  # e.g. an error raised by a command since the last tick
+        self.controller.tick()
+        self._report_mode_change()
+
+    def _report_mode_change(self) -> None:
+        """Publish diagnostics at once whenever the controller's mode changes (error, hold, recovery ...)."""
+        mode = self.controller.mode
+        if mode == self._last_mode:
+            return
+        if mode == HOLDING and self._last_mode == TRACKING:
+            self.get_logger().info(f"no fresh command for {self.config.command_timeout_s}s: holding")
+        elif mode in (ERROR, FAULT):
+            self.get_logger().error(f"robot {mode}: {self.controller.last_error}")
+        self._last_mode = mode
+        self.publish_diagnostics()
 
     # --- state out ----------------------------------------------------------------------------------------
     def state_callback(self) -> None:
