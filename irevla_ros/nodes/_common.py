@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -42,6 +44,20 @@ def _ros_default(value: object) -> object:
     return value
 
 
+_ARRAY_TYPES = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
+                int: Parameter.Type.INTEGER_ARRAY, bool: Parameter.Type.BOOL_ARRAY}
+
+
+def _empty_array_type(hint: object) -> Parameter.Type:
+    """The ROS type of an empty sequence default, from its hint (`tuple[str, ...]`, `list[float]`): an empty list
+    given as a value would be declared as a BYTE_ARRAY and refuse every later string/number list."""
+    args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+    if len(args) != 1 or args[0] not in _ARRAY_TYPES:
+        raise TypeError(f"cannot declare an empty-sequence parameter of type {hint!r}: use tuple[str|float|int|bool, "
+                        "...]")
+    return _ARRAY_TYPES[args[0]]
+
+
 def declare_config(node: Node, config_cls: type, prefix: str = ""):
     """Declare every field of `config_cls` as a parameter (defaults from the dataclass), read them back and
     build the config (its __post_init__ validates and raises ValueError naming the bad value)."""
@@ -55,8 +71,19 @@ def declare_config(node: Node, config_cls: type, prefix: str = ""):
         else:
             raise TypeError(f"{config_cls.__name__}.{f.name} needs a default to be a ROS parameter")
         name = prefix + f.name
-        node.declare_parameter(name, _ros_default(default))
-        value = node.get_parameter(name).value
+        if isinstance(default, (tuple, list)) and len(default) == 0:
+            node.declare_parameter(name, _empty_array_type(hints.get(f.name)))
+            value = node.get_parameter_or(name, None).value
+            value = default if value is None else value
+        elif hints.get(f.name) is float:
+            # `-p gain:=3` arrives as an INTEGER: accept any number for a float field, refuse anything else.
+            node.declare_parameter(name, float(default), ParameterDescriptor(dynamic_typing=True))
+            value = node.get_parameter(name).value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"parameter {name} must be a number, got {value!r}")
+        else:
+            node.declare_parameter(name, _ros_default(default))
+            value = node.get_parameter(name).value
         if isinstance(default, tuple) and value is not None:
             value = tuple(value)
         if hints.get(f.name) is float and isinstance(value, int):
