@@ -76,7 +76,7 @@ class SimWorldConfig:
     """fast: sim-time length of one control period is 1/control_hz."""
     max_wait_s: float = 0.5
     """fast: wall seconds to wait for an action before advancing anyway."""
-    control_decimation: int = 2
+    control_decimation: int = 4
     """fast: physics steps (1 ms) per impedance-controller update."""
     franka_params_files: tuple[str, ...] = ("",)
     """fast: parameter files for the composed franka node; [""] = config/{franka_node,sim,sim_fast}.yaml."""

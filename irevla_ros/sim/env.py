@@ -45,7 +45,7 @@ def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 class SimEnv:
     def __init__(self, task: str, seed: int = 0, image_size: int | Sequence[int] = 128,
                  cameras: Sequence[str] = ("wrist", "front"), control_hz: float = 10.0, *,
-                 control: FrankaControlConfig | None = None, control_decimation: int = 2,
+                 control: FrankaControlConfig | None = None, control_decimation: int = 4,
                  render_detail: str = "fast"):
         get_task(task)  # raises ValueError naming the known tasks
         if not (np.isfinite(control_hz) and 1.0 <= control_hz <= 100.0):
