@@ -156,6 +156,15 @@ def test_tampered_or_mismatched_folders_are_refused(tmp_path, tiny2):
         VLAModel.from_pretrained(root)
     with pytest.raises(ModelFolderError, match="not a VLA model folder"):
         VLAModel.from_pretrained(tmp_path / "nothing")
+    # a manifest pointing outside its folder
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"]["../other/head.safetensors"] = file_sha256(tmp_path / "other" / "head.safetensors")
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="outside the folder"):
+        VLAModel.from_pretrained(root)
+    (root / MANIFEST).write_text("{not json")
+    with pytest.raises(ModelFolderError, match="not valid JSON"):
+        VLAModel.from_pretrained(root)
 
 
 def test_lora_adapters_save_load_and_merge(tmp_path):
