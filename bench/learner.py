@@ -94,6 +94,8 @@ def throughput(args) -> None:
 
     rl = RLConfig(feature_tokens=shape[0], feature_dim=shape[1], batch_size=args.batch)
     learner = SACLearner(cfg.head, rl, device)
+    heavy = SACLearner(cfg.head, RLConfig(feature_tokens=shape[0], feature_dim=shape[1], batch_size=args.batch,
+                                          critic_pooling="token_learner"), device)
     with tempfile.TemporaryDirectory() as tmp:
         buf = ReplayBuffer(tmp, n_steps + 1, shape)
         prev = None
@@ -115,6 +117,9 @@ def throughput(args) -> None:
 
         def cached_update() -> None:
             learner.update(buf.sample(args.batch, sample_rng))
+
+        def cached_heavy_update() -> None:
+            heavy.update(buf.sample(args.batch, sample_rng))
 
         def reencode_update() -> None:
             valid = np.flatnonzero(buf.next_idx >= 0)
@@ -139,6 +144,7 @@ def throughput(args) -> None:
             return n / (time.perf_counter() - t0)
 
         cached = rate(cached_update, args.updates)
+        cached_heavy = rate(cached_heavy_update, args.updates)
         t0 = time.perf_counter()
         for _ in range(20):
             buf.sample(args.batch, sample_rng)
@@ -153,6 +159,8 @@ def throughput(args) -> None:
           ["learner", "updates/s", "ms/update", "ratio", "target"],
           [["cached features (ours)", f"{cached:.1f}", f"{1000 / cached:.1f}", f"{cached / reencode:.1f}x",
             ">= 40/s at batch 256 (2 CPU cores, tiny); >= 10x"],
+           ["  same, critic_pooling=token_learner", f"{cached_heavy:.1f}", f"{1000 / cached_heavy:.1f}",
+            f"{cached_heavy / reencode:.1f}x", ""],
            ["re-encodes obs + next_obs", f"{reencode:.2f}", f"{1000 / reencode:.1f}", "1.0x", ""],
            ["  of which replay sample", "", f"{sample_ms:.1f}", "", ""]])
 

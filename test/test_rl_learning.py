@@ -55,7 +55,7 @@ class PolicyStandIn:
             self.version = str(meta["version"])
 
 
-@pytest.mark.parametrize("algorithm, episodes", [("sac", 150), ("ppo", 800)])
+@pytest.mark.parametrize("algorithm, episodes", [("sac", 250), ("ppo", 1200)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_contextual_bandit_success_rises(tmp_path, algorithm, episodes, seed):
     learner = make_learner(tmp_path, algorithm, seed)

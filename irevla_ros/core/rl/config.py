@@ -71,6 +71,9 @@ class RLConfig:
     """Critic ensemble size (RLPD uses 10 on GPUs; 2 is SAC's clipped double-Q)."""
     critic_subsample: int = 2
     """Critics whose minimum forms the target (RLPD: 2 random members of the ensemble)."""
+    critic_pooling: str = "light"
+    """How critics / the value net pool the feature tokens: light (one linear attention layer, ~D/S x cheaper per
+    token) or token_learner (the actor's architecture). Training-only: the deployed actor is unaffected."""
     actor_update_every: int = 1
     """Actor + temperature step every N critic steps (delayed policy updates)."""
 
@@ -116,6 +119,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.critic_pooling not in ("light", "token_learner"):
+            raise ValueError(f"critic_pooling must be light or token_learner, got {self.critic_pooling!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if not self.run_dir:

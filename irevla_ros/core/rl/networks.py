@@ -30,13 +30,35 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class FeatureEncoder(nn.Module):
-    """Feature tokens [B, T, D] (+ proprio) -> a flat embedding, the same pooling the actor uses."""
+class LightPooling(nn.Module):
+    """S attention maps from ONE linear layer per token (TokenLearner without its D x D hidden layer): ~D/S times
+    cheaper per token than the actor's TokenLearner, which dominates an update's cost (D = 2560 for BLIP-2)."""
 
-    def __init__(self, config: HeadConfig):
+    def __init__(self, dim: int, num_tokens: int):
         super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.Linear(dim, num_tokens)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.norm(tokens)
+        weights = self.attention(x).softmax(dim=1)  # [B, T, S]
+        return torch.einsum("bts,btd->bsd", weights, x)
+
+
+POOLINGS = ("light", "token_learner")
+
+
+class FeatureEncoder(nn.Module):
+    """Feature tokens [B, T, D] (+ proprio) -> a flat embedding: `light` pooling (default for critics and the value
+    net) or the same TokenLearner the actor uses."""
+
+    def __init__(self, config: HeadConfig, pooling: str = "light"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.config = config
-        self.token_learner = TokenLearner(config.feature_dim, config.num_learned_tokens)
+        pool = LightPooling if pooling == "light" else TokenLearner
+        self.token_learner = pool(config.feature_dim, config.num_learned_tokens)
         self.out_dim = config.feature_dim * config.num_learned_tokens + config.proprio_dim
 
     def forward(self, features: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,10 +71,10 @@ class FeatureEncoder(nn.Module):
 class CriticEnsemble(nn.Module):
     """Q_1..Q_E(s, a): a shared token-learner encoder and E MLP heads with LayerNorm (as in RLPD)."""
 
-    def __init__(self, config: HeadConfig, num_critics: int):
+    def __init__(self, config: HeadConfig, num_critics: int, pooling: str = "light"):
         super().__init__()
         self.num_critics = num_critics
-        self.encoder = FeatureEncoder(config)
+        self.encoder = FeatureEncoder(config, pooling)
         h = config.hidden_dim
         self.q = nn.Sequential(
             EnsembleLinear(num_critics, self.encoder.out_dim + config.action_dim, h), nn.LayerNorm(h), nn.ReLU(),
@@ -72,9 +94,9 @@ class CriticEnsemble(nn.Module):
 class ValueNetwork(nn.Module):
     """V(s) for PPO's advantages."""
 
-    def __init__(self, config: HeadConfig):
+    def __init__(self, config: HeadConfig, pooling: str = "light"):
         super().__init__()
-        self.encoder = FeatureEncoder(config)
+        self.encoder = FeatureEncoder(config, pooling)
         h = config.hidden_dim
         self.mlp = nn.Sequential(nn.Linear(self.encoder.out_dim, h), nn.LayerNorm(h), nn.Tanh(),
                                  nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))

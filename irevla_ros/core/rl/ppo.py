@@ -47,7 +47,7 @@ class PPOLearner:
         self.head_config = head_config
         self.device = torch.device(device)
         self.actor = ActionHead(head_config).to(self.device)
-        self.value = ValueNetwork(head_config).to(self.device)
+        self.value = ValueNetwork(head_config, config.critic_pooling).to(self.device)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.value.parameters()], lr=config.ppo_lr,
                                           eps=1e-5)
         self.rng = np.random.default_rng(seed)

@@ -35,7 +35,7 @@ class SACLearner:
         self.head_config = head_config
         self.device = torch.device(device)
         self.actor = ActionHead(head_config).to(self.device)
-        self.critic = CriticEnsemble(head_config, config.num_critics).to(self.device)
+        self.critic = CriticEnsemble(head_config, config.num_critics, config.critic_pooling).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = (-float(head_config.action_dim) if math.isnan(config.target_entropy)
