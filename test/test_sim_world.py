@@ -174,3 +174,30 @@ def test_faithful_mode_franky_then_franka_node_expert(ros, procs):
         assert world.poll() is None, procs.log_of(world)[-3000:]
         if franka is not None:
             assert franka.poll() is None, procs.log_of(franka)[-3000:]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"mode": "turbo"}, "mode"),
+    ({"tasks": ("reach", "fly")}, "fly"),
+    ({"tasks": ()}, "tasks"),
+    ({"cameras": ("wrist", "side")}, "side"),
+    ({"image_width": 8}, "image_width"),
+    ({"camera_rate_hz": float("nan")}, "camera_rate_hz"),
+    ({"max_wait_s": 0.0}, "max_wait_s"),
+    ({"realtime_factor": float("inf")}, "realtime_factor"),
+    ({"render_detail": "ultra"}, "render_detail"),
+    ({"seed": -1}, "seed"),
+])
+def test_bad_parameters_name_the_value(bad, match):
+    from irevla_ros.nodes.sim_world import SimWorldConfig
+
+    with pytest.raises(ValueError, match=match):
+        SimWorldConfig(**bad)
+
+
+@pytest.mark.timeout(60)
+def test_sim_world_refuses_bad_parameters_at_start(procs):
+    proc = procs.start(_sim_world_cmd("fast", "-p", "tasks:=['reach', 'juggle']"), name="sim_world_bad",
+                       capture=True)
+    out, _ = proc.communicate(timeout=45)
+    assert proc.returncode != 0 and "juggle" in out, out[-2000:]

@@ -297,6 +297,8 @@ class SimWorldNode(Node):
             else:
                 self._fast_loop()
         except Exception as exc:  # noqa: BLE001 - a dead physics thread must be loud and end the process
+            if self._stop.is_set() or not rclpy.ok(context=self.context):
+                return  # shutting down (Ctrl-C / SIGTERM): publishers die under the loop; not a crash
             self.crashed = f"simulation loop crashed: {exc!r}"
             self.get_logger().fatal(self.crashed)
             if rclpy.ok(context=self.context):
