@@ -151,8 +151,7 @@ def test_faithful_mode_franky_then_franka_node_expert(ros, procs):
         franka = procs.start([str(VENV_BIN / "franka_node"), "--ros-args",
                               "--params-file", str(CONFIG / "franka_node.yaml"),
                               "--params-file", str(CONFIG / "sim.yaml"), "-p", f"robot_ip:={host}",
-                              "-p", "wait_for_robot_s:=30.0", "-p", "max_translation_per_tick:=0.03",
-                              "-p", "max_rotation_per_tick:=0.1"], name="franka_node")
+                              "-p", "wait_for_robot_s:=30.0"], name="franka_node")
         try:
             _wait_success(successes, 150, "reach success through franka_node + franky + franky-sim")
         except TimeoutError as exc:
