@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import numpy as np
 import pytest
@@ -200,3 +201,29 @@ def test_sim_world_refuses_bad_parameters_at_start(procs):
                        capture=True)
     out, _ = proc.communicate(timeout=45)
     assert proc.returncode != 0 and "juggle" in out, out[-2000:]
+
+
+@pytest.mark.timeout(120)
+def test_fast_mode_advances_without_consumers_and_on_each_action(ros, procs):
+    """No action: one period per max_wait_s of wall time (the graph never deadlocks). An action: the next period
+    starts at once."""
+    from std_msgs.msg import Float64MultiArray
+
+    from irevla_ros.nodes._common import COMMAND_QOS, to_float64_array
+
+    max_wait = 1.5  # s: long enough to tell "waited" from "answered" on a loaded machine
+    procs.start(_sim_world_cmd("fast", "-p", f"max_wait_s:={max_wait}"), name="sim_world_idle")
+    arrivals: list[tuple[float, float]] = []
+    ros.node.create_subscription(Clock, itf.CLOCK.name, lambda m: arrivals.append((time.monotonic(), _stamp(m))), 10)
+    pub = ros.node.create_publisher(Float64MultiArray, itf.ACTION.name, COMMAND_QOS)
+    wait_for(lambda: len(arrivals) >= 3, 60, what="/clock without any consumer")
+    gaps = np.diff([a[0] for a in arrivals[-2:]])
+    assert gaps.min() > 0.6 * max_wait, f"advanced without an action after {gaps.min():.2f}s"
+    ros.wait_for_subscribers(pub)
+    n = len(arrivals)
+    wait_for(lambda: len(arrivals) > n, 10, what="the next idle period")  # now just after a period boundary
+    n, sent = len(arrivals), time.monotonic()
+    pub.publish(to_float64_array(np.zeros(7), "action"))
+    wait_for(lambda: len(arrivals) > n, 10, what="/clock after an action")
+    assert arrivals[n][0] - sent < 0.6 * max_wait, "an action must start the next period at once"
+    assert abs(arrivals[n][1] - arrivals[n - 1][1] - 0.1) < 1e-6
