@@ -270,6 +270,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_an_existing_directory_never_cr
     fresh = OnlineLearner(small_config(tmp_path, resume=False))
     assert fresh.algo.updates == 0 and len(fresh.online) == 0
     fresh.checkpoint()
+    assert list(fresh.checkpoints.candidates()) == [fresh.checkpoint_name]  # the old run is kept aside, not mixed
+    aside = {p.name for p in (Path(cfg.run_dir) / "rl").glob("checkpoints.replaced-*/ckpt-*")}
+    assert {first, name} <= aside
 
 
 def test_switching_algorithm_keeps_the_actor_and_the_buffers(tmp_path):

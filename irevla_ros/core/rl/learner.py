@@ -178,6 +178,12 @@ class OnlineLearner:
 
     def _start_fresh(self) -> None:
         c = self.config
+        if any(True for _ in self.checkpoints.candidates()):
+            # Never mix runs: checkpoints we did not resume from are kept aside, not pruned or fallen back to.
+            aside = self.checkpoints.root.with_name(f"checkpoints.replaced-{time.time_ns()}")
+            self.checkpoints.root.rename(aside)
+            self.checkpoints = CheckpointStore(self.root / "checkpoints", keep=c.keep_checkpoints)
+            self.log(f"starting a fresh run: previous checkpoints moved to {aside}")
         demos = load_demo_episodes(c.demo_dir, self.rejected) if c.demo_dir else []
         shape = (c.feature_tokens, c.feature_dim) if c.feature_dim else None
         if self._folder is not None:
