@@ -55,6 +55,7 @@ class FrankySimHost:
         self.watched = 0
         self.max_step_gap = 0.0
         self._pose: Pose | None = None
+        self.errors: list[str] = []
         """Longest wall-clock gap between two 1 ms simulator steps (s): stalls show up here."""
         self._last_step_t = time.perf_counter()
         self.sim.register_pre_step_callback(self._pre_step)
@@ -82,8 +83,10 @@ class FrankySimHost:
         self._inject.set()
 
     def watch(self, box: WorkspaceBox | None) -> None:
-        self.max_violation = (0.0, 0.0)
-        self.watched = 0
+        """Start checking the EE against `box` (fresh counters), or stop checking (None: results kept)."""
+        if box is not None:
+            self.max_violation = (0.0, 0.0)
+            self.watched = 0
         self.watch_box = box
 
     def _pre_step(self, _sim) -> None:
@@ -92,6 +95,16 @@ class FrankySimHost:
             self.server.robot_servers[0].stop_motion(send_preemption_signal=True)
 
     def _post_step(self, _sim) -> None:
+        try:
+            self._watch_step()
+        except Exception as exc:  # noqa: BLE001 - an exception here would silently kill the simulator thread
+            self.errors.append(repr(exc))
+
+    def alive(self) -> bool:
+        thread = self.server.async_thread
+        return thread is not None and thread.is_alive()
+
+    def _watch_step(self) -> None:
         self._steps += 1
         now = time.perf_counter()
         self.max_step_gap = max(self.max_step_gap, now - self._last_step_t)
@@ -296,3 +309,17 @@ def test_random_reset_starts_inside_the_box(controller):
     pose = controller.reset("random", rng=np.random.default_rng(3))
     assert controller.box.contains(pose, position_tol=controller.config.reset_tolerance_m, rotation_tol=0.02)
     assert np.linalg.norm(pose.position - controller.box.center) > 1e-3  # not simply the centre
+
+
+def test_fast_streams_are_speed_capped(controller):
+    """Commands faster than max_command_rate_hz move the target proportionally less: the target speed is capped."""
+    _fresh(controller)
+    cfg = controller.config
+    t0 = time.monotonic()
+    first = controller.on_action([1.0, 0, 0, 0, 0, 0, 0], now=t0)
+    dt = 0.2 / cfg.max_command_rate_hz  # five times the allowed rate
+    second = controller.on_action([1.0, 0, 0, 0, 0, 0, 0], now=t0 + dt)
+    step = np.linalg.norm(second.position - first.position)
+    assert step == pytest.approx(cfg.max_translation_per_tick * dt * cfg.max_command_rate_hz, rel=1e-6)
+    third = controller.on_action([1.0, 0, 0, 0, 0, 0, 0], now=t0 + dt + 1.0 / cfg.max_command_rate_hz)
+    assert np.linalg.norm(third.position - second.position) == pytest.approx(cfg.max_translation_per_tick)

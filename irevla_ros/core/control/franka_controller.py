@@ -74,6 +74,11 @@ class FrankaControlConfig:
     """m: scale of dx/dy/dz (action 1.0 -> this far) and cap on the step norm of one command."""
     max_rotation_per_tick: float = 0.05
     """rad: scale of droll/dpitch/dyaw and cap on the rotation of one command."""
+    max_command_rate_hz: float = 20.0
+    """Hz: commands arriving faster than this move the target proportionally less (step cap x dt x rate), so the
+    target never moves faster than max_translation_per_tick x max_command_rate_hz (0.2 m/s by default) however
+    fast a client sends. franky's planner may pass a target by its braking distance v^2 / (2 a_max): keep the
+    box that far from anything the arm must not touch."""
     max_pose_jump_m: float = 0.25
     """m: an absolute target pose further than this from the current target is approached this far only."""
     max_pose_jump_rad: float = 0.8
@@ -112,7 +117,7 @@ class FrankaControlConfig:
                              ("reset_speed", 0.01, 1.0), ("reset_random_margin_m", 0.0, 1.0),
                              ("reset_random_max_tilt_rad", 0.0, np.pi / 2), ("reset_random_max_yaw_rad", 0.0, np.pi),
                              ("reset_timeout_s", 0.1, 600.0), ("reset_tolerance_m", 1e-4, 0.2),
-                             ("reset_joint_tolerance_rad", 1e-4, 0.5)):
+                             ("reset_joint_tolerance_rad", 1e-4, 0.5), ("max_command_rate_hz", 0.1, 1000.0)):
             _finite_in(name, getattr(self, name), lo, hi)
         if self.max_tracking_error_m < self.max_translation_per_tick:
             raise ValueError(f"max_tracking_error_m ({self.max_tracking_error_m}) must be >= "
@@ -247,6 +252,12 @@ class FrankaController:
         return limit_step(measured, self.target, self.config.max_tracking_error_m,
                           self.config.max_tracking_error_rad)
 
+    def _rate_scale(self, now: float) -> float:
+        """1 for commands at or below max_command_rate_hz; dt x rate for faster ones (speed cap)."""
+        if self.mode != TRACKING:
+            return 1.0
+        return float(np.clip((now - self.watchdog.last_feed) * self.config.max_command_rate_hz, 1e-3, 1.0))
+
     def on_action(self, values, now: float | None = None) -> Pose:
         """Execute one normalised 7-D action. Returns the target sent to the robot.
 
@@ -261,6 +272,10 @@ class FrankaController:
             self._check_accepting()
             base = self._base_pose(self.measured_pose())
             target = apply_action(base, action, self.limits, self.box)
+            rate_scale = self._rate_scale(now)
+            if rate_scale < 1.0:
+                target = safe_target(base, target, rate_scale * self.config.max_translation_per_tick,
+                                     rate_scale * self.config.max_rotation_per_tick, self.box)
             self._send_target(target, now)
             command = self.gripper.update(float(action[6]), now)
             if command is not None:
@@ -279,7 +294,9 @@ class FrankaController:
                     raise self._reject("invalid: pose", InvalidAction(f"invalid target pose: {exc}")) from None
             self._check_accepting()
             base = self._base_pose(self.measured_pose())
-            target = safe_target(base, pose, self.config.max_pose_jump_m, self.config.max_pose_jump_rad, self.box)
+            rate_scale = self._rate_scale(now)
+            target = safe_target(base, pose, self.config.max_pose_jump_m * rate_scale,
+                                 self.config.max_pose_jump_rad * rate_scale, self.box)
             self._send_target(target, now)
             return target
 
