@@ -33,6 +33,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from irevla_ros import interfaces as itf
+from irevla_ros.core.control.franka_controller import RESETTING
 from irevla_ros.nodes._common import (
     COMMAND_QOS,
     IMAGE_QOS,
@@ -330,7 +331,10 @@ class SimWorldNode(Node):
         cfg = self.config
         period = 1.0 / cfg.control_hz
         while not self._stop.is_set():
-            self._action_event.wait(cfg.max_wait_s)
+            # A franka reset (e.g. reset_mode random: home, then a tracked move) polls the arm on the wall clock:
+            # keep time moving while it runs instead of waiting for actions nobody sends.
+            if self.franka.controller.mode != RESETTING:
+                self._action_event.wait(cfg.max_wait_s)
             self._action_event.clear()
             if self._stop.is_set():
                 break

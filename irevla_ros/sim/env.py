@@ -28,6 +28,8 @@ from irevla_ros.sim.tasks import Episode, get_task, randomize
 from irevla_ros.sim.world import World
 
 SETTLE_S = 0.1  # s of physics after a reset so objects rest on the table before the first frame
+RANDOM_START_S = 1.5  # s of sim time given to the arm to reach a random start pose
+RANDOM_START_MIN_Z = 0.15  # m above the table: clear of the tallest object (the drawer cabinet, 7.5 cm)
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,7 +48,7 @@ class SimEnv:
     def __init__(self, task: str, seed: int = 0, image_size: int | Sequence[int] = 128,
                  cameras: Sequence[str] = ("wrist", "front"), control_hz: float = 10.0, *,
                  control: FrankaControlConfig | None = None, control_decimation: int = 4,
-                 render_detail: str = "fast"):
+                 render_detail: str = "fast", random_start: bool = False):
         get_task(task)  # raises ValueError naming the known tasks
         if not (np.isfinite(control_hz) and 1.0 <= control_hz <= 100.0):
             raise ValueError(f"control_hz must be in [1, 100], got {control_hz!r}")
@@ -62,6 +64,7 @@ class SimEnv:
         self.cameras = tuple(cameras)
         self.renderer = (CameraRenderer(self.model, w, h, self.cameras, detail=render_detail)
                          if self.cameras else None)
+        self.random_start = bool(random_start)
         self.episode: Episode | None = None
         self.steps = 0
         self.robot.teleport(HOME_JOINTS)
@@ -79,7 +82,8 @@ class SimEnv:
         return self.episode.instruction if self.episode else ""
 
     def reset(self, seed: int | None = None, task: str | None = None) -> dict:
-        """Arm home (at rest, gripper open), objects re-randomised from `seed` (default: the next seed)."""
+        """Arm home (at rest, gripper open) or, with random_start, at a random pose in the workspace drawn from
+        `seed`; objects re-randomised from `seed` (default: the next seed)."""
         if task is not None:
             get_task(task)
             self.task = task
@@ -89,6 +93,17 @@ class SimEnv:
         self.data.time = 0.0
         self.episode = randomize(self.world, self.task, int(seed))
         self.controller.reset()  # the franka reset path: home (teleported in sim), gripper open, target cleared
+        if self.random_start:
+            # Like the franka node's reset_mode "random": a pose inside the box near the home orientation, reached
+            # by the arm itself (in sim time; the controller's wall-clock wait would not advance physics).
+            cfg = self.controller.config
+            goal = self.controller.box.sample(np.random.default_rng([int(seed), 7]), cfg.reset_random_margin_m,
+                                              cfg.reset_random_max_tilt_rad, cfg.reset_random_max_yaw_rad)
+            start = goal.position.copy()
+            start[2] = max(start[2], RANDOM_START_MIN_Z)  # above every object: a start must not disturb the scene
+            self.robot.move_ee_async(start, goal.quaternion)
+            self.robot.advance(RANDOM_START_S)
+            self.robot.hold()
         self.robot.advance(SETTLE_S)
         self.controller.update_state()
         self.steps = 0
