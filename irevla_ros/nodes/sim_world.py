@@ -33,6 +33,8 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from irevla_ros import interfaces as itf
+from irevla_ros.camera.base import Intrinsics
+from irevla_ros.camera.messages import camera_info_msg, image_msg
 from irevla_ros.core.control.franka_controller import RESETTING
 from irevla_ros.nodes._common import (
     COMMAND_QOS,
@@ -115,31 +117,9 @@ class SimWorldConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
-def image_msg(img: np.ndarray, stamp, frame_id: str) -> Image:
-    msg = Image()
-    msg.header.stamp = stamp
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
-    msg.encoding = "rgb8"
-    msg.is_bigendian = 0
-    msg.step = int(img.shape[1]) * 3
-    msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
-    return msg
-
-
-def camera_info_msg(K: np.ndarray, width: int, height: int, stamp, frame_id: str) -> CameraInfo:
-    msg = CameraInfo()
-    msg.header.stamp = stamp
-    msg.header.frame_id = frame_id
-    msg.width, msg.height = int(width), int(height)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
-    msg.k = [float(v) for v in K.ravel()]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    P = np.zeros((3, 4))
-    P[:, :3] = K
-    msg.p = [float(v) for v in P.ravel()]
-    return msg
+def intrinsics_of(renderer, camera: str) -> Intrinsics:
+    K = renderer.intrinsics(camera)
+    return Intrinsics(renderer.width, renderer.height, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
 
 
 class SimWorldNode(Node):
@@ -271,16 +251,16 @@ class SimWorldNode(Node):
         self.expert_pub.publish(to_float64_array(action, "action"))
 
     # --- outputs --------------------------------------------------------------------------------------------
-    def _publish_frame(self, stamp) -> None:
-        """Render and publish every camera + success (caller holds no lock; rendering takes it)."""
+    def _publish_frame(self, stamp_ns: int) -> None:
+        """Render and publish every camera + success (caller holds no lock; rendering takes it). Messages are built
+        by irevla_ros.camera.messages, exactly as camera_node builds the RealSense ones."""
         with self.lock:
             images = self.renderer.render_all(self.world.data)
             success = bool(self.episode is not None and self.episode.success(self.world))
         for cam, img in images.items():
             frame = itf.camera_optical_frame(cam)
-            self.info_pubs[cam].publish(camera_info_msg(self.renderer.intrinsics(cam), img.shape[1], img.shape[0],
-                                                        stamp, frame))
-            self.image_pubs[cam].publish(image_msg(img, stamp, frame))
+            self.info_pubs[cam].publish(camera_info_msg(intrinsics_of(self.renderer, cam), stamp_ns, frame))
+            self.image_pubs[cam].publish(image_msg(img, "rgb8", stamp_ns, frame))
         self.success_pub.publish(Bool(data=success))
         self.frames_published += 1
 
@@ -321,7 +301,7 @@ class SimWorldNode(Node):
             sim_t += 0.001
             k += 1
             if k % steps_per_frame == 0:
-                self._publish_frame(self.get_clock().now().to_msg())
+                self._publish_frame(self.get_clock().now().nanoseconds)
             if cfg.realtime_factor > 0:
                 ahead = sim_t / cfg.realtime_factor - (time.perf_counter() - t0)
                 if ahead > 0.002:
@@ -346,7 +326,7 @@ class SimWorldNode(Node):
                     clock.set_ros_time_override(now)
             self.franka.control_callback()  # watchdog tick at the period boundary
             self.franka.state_callback()  # robot state for this period
-            self._publish_frame(now.to_msg())
+            self._publish_frame(now.nanoseconds)
             self.clock_pub.publish(Clock(clock=now.to_msg()))
 
     def close(self) -> None:
