@@ -123,6 +123,8 @@ def intrinsics_of(renderer, camera: str) -> Intrinsics:
 
 
 class SimWorldNode(Node):
+    """The cell as a node: one simulation thread owns physics + rendering; ROS callbacks only queue/lock."""
+
     def __init__(self, **node_kwargs) -> None:
         super().__init__("sim_world", **node_kwargs)
         self.config = declare_config(self, SimWorldConfig)
