@@ -190,3 +190,22 @@ def test_worker_killed_mid_training_leaves_the_job_reclaimable(tmp_path):
     status = spool.status("job-1")
     assert status["status"] == "done" and status["gen"] == 1
     assert spool.fetch_result("job-1", tmp_path / "back")["metrics"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_two_process_ddp_worker_trains_one_job_together(tmp_path):
+    """`torchrun --nproc_per_node 2` (what `accelerate launch` does): rank 0 claims and publishes, both ranks train
+    (gloo DDP on CPU here; NCCL on GPUs)."""
+    _make_job(tmp_path, sft={**FAST_SFT, "steps": 8, "batch_size": 4, "val_every": 4})
+    cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "-m", "irevla_ros.core.sft.worker",
+           *_worker(tmp_path, "--once")[2:]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("claimed job-1") == 1  # one lease for the whole process group
+    result = Spool(f"file://{tmp_path / 'spool'}", KEY).fetch_result("job-1", tmp_path / "back")
+    assert result["metrics"]["processes"] == 2 and result["metrics"]["samples"] == 8 * 4

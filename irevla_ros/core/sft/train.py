@@ -218,7 +218,11 @@ def train(model, train_set: StepDataset, val_set: StepDataset, config: SFTConfig
 
     if len(train_set) == 0:
         raise ValueError("no training steps in the job")
-    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    if accelerator is None:
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     torch.manual_seed(config.seed)
     main = accelerator.is_main_process
     writer = None

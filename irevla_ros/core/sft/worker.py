@@ -13,6 +13,7 @@ One GPU or CPU: `irevla sft-worker --spool URL`. Several GPUs: `accelerate launc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -97,6 +98,21 @@ class _Heartbeat:
         self._thread.join(5)
 
 
+def _load_base_model_files(spool: Spool, base: dict, work: Path, key: bytes) -> Path:
+    """The base model folder in the local cache, verified against the shared key (downloaded if needed)."""
+    model_id = str(base.get("id") or Path(base["spool_path"]).name)
+    local = work / "models" / model_id
+    try:
+        if not local.exists():
+            raise SignatureError("not cached")
+        verify_local_bundle(local, key, kind="model")
+    except SignatureError:
+        if spool is None:
+            raise
+        spool.fetch_model(base["spool_path"], local)
+    return local
+
+
 def _load_base_model(spool: Spool, body: dict, work: Path, key: bytes):
     from irevla_ros.core.model.vla import ModelFolderError, VLAModel
 
@@ -104,15 +120,7 @@ def _load_base_model(spool: Spool, body: dict, work: Path, key: bytes):
     if not isinstance(base, dict):
         raise JobRejected("the job names no base_model")
     if "spool_path" in base:
-        model_id = str(base.get("id") or Path(base["spool_path"]).name)
-        local = work / "models" / model_id
-        try:
-            if local.exists():
-                verify_local_bundle(local, key, kind="model")
-            else:
-                raise SignatureError("not cached")
-        except SignatureError:
-            spool.fetch_model(base["spool_path"], local)
+        local = _load_base_model_files(spool, base, work, key)
         try:
             return VLAModel.from_pretrained(local)
         except ModelFolderError as exc:
@@ -126,21 +134,10 @@ def _load_base_model(spool: Spool, body: dict, work: Path, key: bytes):
     raise JobRejected(f"base_model must name a spool_path or a preset, got {sorted(base)}")
 
 
-def process_job(spool: Spool, lease: Lease, work: Path, key: bytes, overrides: dict, *, heartbeat_s: float,
-                progress: bool = True) -> dict:
-    """Train one claimed job and publish its result. Returns the result body. Raises JobRejected / LeaseLost."""
-    import torch
+def _prepare(spool: Spool, body: dict, job_dir: Path, work: Path, key: bytes, overrides: dict):
+    """Model (base + RL head), datasets and settings of a downloaded, verified job. Raises JobRejected."""
+    from irevla_ros.core.sft.train import SFTConfig, StepDataset, load_job_episodes
 
-    from irevla_ros.core.model.vla import folder_sha256
-    from irevla_ros.core.sft.train import SFTConfig, StepDataset, load_job_episodes, train
-
-    job_dir = work / "jobs" / lease.job_id
-    try:
-        body = spool.fetch_job(lease, job_dir)
-    except SignatureError as exc:
-        raise JobRejected(str(exc)) from exc
-    LOG.info("job %s: stage %s, %d train / %d val episodes, target version %s", lease.job_id, body.get("stage"),
-             len(body.get("train", [])), len(body.get("val", [])), body.get("version"))
     try:
         sft_cfg = SFTConfig.from_overrides(SFTConfig(), {**body.get("sft", {}), **overrides})
     except (TypeError, ValueError) as exc:
@@ -162,22 +159,68 @@ def process_job(spool: Spool, lease: Lease, work: Path, key: bytes, overrides: d
         raise JobRejected(f"the job has {len(cameras)} camera(s) {cameras}, the model takes "
                           f"{model.config.num_cameras}")
     try:
-        train_eps = load_job_episodes(job_dir, body["train"])
-        val_eps = load_job_episodes(job_dir, body["val"])
         groups = body.get("groups", {})
-        train_set = StepDataset(train_eps, cameras, groups)
-        val_set = StepDataset(val_eps, cameras, groups)
+        train_set = StepDataset(load_job_episodes(job_dir, body["train"]), cameras, groups)
+        val_set = StepDataset(load_job_episodes(job_dir, body["val"]), cameras, groups)
     except (KeyError, ValueError) as exc:
         raise JobRejected(f"job data: {exc}") from exc
-    out = work / "results" / f"{lease.job_id}.{lease.gen}"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    return model, train_set, val_set, sft_cfg
+
+
+def _broadcast(accelerator, obj):
+    if accelerator is None or accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def process_job(spool: Spool, lease: Lease | None, work: Path, key: bytes, overrides: dict, *, heartbeat_s: float,
+                progress: bool = True, accelerator=None) -> dict | None:
+    """Train one claimed job and publish its result. Returns the result body. Raises JobRejected / LeaseLost.
+
+    Under `accelerate launch` every rank calls this; only rank 0 holds the lease (others get lease=None and the
+    job is broadcast to them), downloads, heartbeats and publishes."""
+    import torch
+
+    from irevla_ros.core.model.vla import folder_sha256
+    from irevla_ros.core.sft.train import LeaseLost, train
+
+    main = accelerator is None or accelerator.is_main_process
+    body, error = None, None
+    if main:
+        job_dir = work / "jobs" / lease.job_id
+        try:
+            body = spool.fetch_job(lease, job_dir)
+            if isinstance(body.get("base_model"), dict) and "spool_path" in body["base_model"]:
+                _load_base_model_files(spool, body["base_model"], work, key)
+        except SignatureError as exc:
+            error = str(exc)
+    body, error = _broadcast(accelerator, (body, error))
+    if error is not None:
+        raise JobRejected(error)
+    job_id = body["id"]
+    job_dir = work / "jobs" / job_id
+    LOG.info("job %s: stage %s, %d train / %d val episodes, target version %s", job_id, body.get("stage"),
+             len(body.get("train", [])), len(body.get("val", [])), body.get("version"))
+    model, train_set, val_set, sft_cfg = _prepare(spool, body, job_dir, work, key, overrides)
+    gen = lease.gen if lease is not None else 0
+    out = work / "results" / f"{job_id}.{gen}"
+    if main:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
     torch.manual_seed(sft_cfg.seed)
-    with _Heartbeat(spool, lease, heartbeat_s) as hb:
+    hb = _Heartbeat(spool, lease, heartbeat_s) if main else contextlib.nullcontext()
+    with hb:
         result = train(model, train_set, val_set, sft_cfg,
                        expert_fraction=float(body.get("mix", {}).get("expert_fraction", 1.0)),
-                       log_dir=out / "logs", check_lease=hb.alive, progress=progress)
+                       log_dir=out / "logs" if main else None, check_lease=hb.alive if main else None,
+                       progress=progress, accelerator=accelerator)
+        if not main:
+            return None
         metrics = result.metrics
         if not metrics["val_finite"]:
             raise JobRejected("the fine-tuned model produces non-finite actions on held-out data")
@@ -187,12 +230,11 @@ def process_job(spool: Spool, lease: Lease, work: Path, key: bytes, overrides: d
         res_body = {"version": version, "stage": body.get("stage"), "iteration": body.get("iteration"),
                     "metrics": {k: v for k, v in metrics.items() if k != "val_history"},
                     "model_path": "model", "model_sha256": model_sha, "base_model": body.get("base_model")}
-        assert model_sha == folder_sha256(out / "model")
+        if model_sha != folder_sha256(out / "model"):
+            raise RuntimeError("the saved model folder changed while publishing")
         if not spool.publish_result(lease, out, res_body):
-            from irevla_ros.core.sft.train import LeaseLost
-
-            raise LeaseLost(f"job {lease.job_id}: lease lost before publishing")
-    LOG.info("job %s done: held-out action MSE %.4f -> %.4f (%d steps, %.1f samples/s)", lease.job_id,
+            raise LeaseLost(f"job {job_id}: lease lost before publishing")
+    LOG.info("job %s done: held-out action MSE %.4f -> %.4f (%d steps, %.1f samples/s)", job_id,
              metrics["val_mse_before"] or float("nan"), metrics["val_mse_after"] or float("nan"), metrics["steps"],
              metrics["samples_per_s"])
     shutil.rmtree(job_dir, ignore_errors=True)
@@ -220,29 +262,62 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work_dir).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     me = worker_name()
-    done, idle_since = 0, time.monotonic()
-    LOG.info("worker %s watching %s", me, url)
+    accelerator = make_accelerator() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    main = accelerator is None or accelerator.is_main_process
+    done = 0
+    if main:
+        LOG.info("worker %s watching %s%s", me, url,
+                 f" ({accelerator.num_processes} processes)" if accelerator is not None else "")
     while True:
-        lease = spool.claim(me)
-        if lease is None:
-            if args.idle_exit_s and time.monotonic() - idle_since > args.idle_exit_s:
-                LOG.info("idle for %.0f s, exiting", args.idle_exit_s)
-                return 0
-            time.sleep(args.poll_s)
-            continue
-        LOG.info("claimed %s (lease generation %d)", lease.job_id, lease.gen)
+        lease = _wait_for_job(spool, me, args) if main else None
+        go = _broadcast(accelerator, lease is not None)
+        if not go:
+            return 0
+        if main:
+            LOG.info("claimed %s (lease generation %d)", lease.job_id, lease.gen)
         try:
             process_job(spool, lease, work, key, overrides, heartbeat_s=args.heartbeat_s,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, accelerator=accelerator)
         except JobRejected as exc:
-            LOG.error("job %s rejected: %s", lease.job_id, exc)
-            spool.fail(lease, str(exc))
+            if main:
+                LOG.error("job %s rejected: %s", lease.job_id, exc)
+                spool.fail(lease, str(exc))
         except LeaseLost as exc:
             LOG.warning("%s", exc)
         done += 1
-        idle_since = time.monotonic()
         if args.once or (args.max_jobs and done >= args.max_jobs):
             return 0
+
+
+def _wait_for_job(spool: Spool, me: str, args: argparse.Namespace) -> Lease | None:
+    """Poll until a job is claimed (-> its lease) or the idle limit passes (-> None)."""
+    idle_since = time.monotonic()
+    while True:
+        lease = spool.claim(me)
+        if lease is not None:
+            return lease
+        if args.idle_exit_s and time.monotonic() - idle_since > args.idle_exit_s:
+            LOG.info("idle for %.0f s, exiting", args.idle_exit_s)
+            return None
+        time.sleep(args.poll_s)
+
+
+def make_accelerator():
+    """Accelerator for `accelerate launch` runs: DDP tolerant of the head's unused log_std (MSE loss), and a long
+    collective timeout because the other ranks wait in a broadcast while rank 0 polls the spool."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),  # cpu=True is how accelerate detects multi-CPU
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                                               InitProcessGroupKwargs(timeout=timedelta(days=7))])
+    if accelerator.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
+        raise SystemExit(f"launched as {os.environ.get('WORLD_SIZE')} processes but accelerate sees "
+                         f"{accelerator.num_processes}: use `accelerate launch` or torchrun")
+    return accelerator
 
 
 def main(argv=None) -> int:
