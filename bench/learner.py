@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/learner.py                       # tiny model on CPU (~1 min)
   .venv/bin/python bench/learner.py --device cuda --preset blip2-2.7b-shape --batch 64   # on a GPU
+  MUJOCO_GL=egl .venv/bin/python bench/learner.py --sim 200   # 3. learning curve on the fast sim (~5 min)
 
 1. Replay memory per transition (bytes) for the model presets, 1 and 2 cameras: our layout (fp16 features stored
    once, next observation by index) next to storing obs + next_obs (what a generic replay storage does) and next
@@ -9,6 +10,10 @@
 2. SAC updates/s with cached features (our learner: sample from the memory-mapped replay + one SAC update of head
    and critics) vs the same update when the learner re-encodes the sampled observations and next observations
    with the frozen backbone (what a learner that does not cache features pays). Same batch, same networks.
+3. (--sim N) RLPD on the fast simulator's `reach` task (SimEnv: the franka node's controller + MuJoCo), features a
+   fixed random projection of (TCP position, goal position), sparse success reward, 10 expert demos (the sim's
+   scripted expert, stored as interventions), N online episodes of <= 25 steps; deterministic-policy success on 10
+   held-out layouts every 10 episodes.
 Targets (issue 7): >= 10x updates/s vs re-encoding; >= 40 updates/s at batch 256 on 2 CPU cores (tiny features).
 Nothing here asserts; numbers depend on the machine's load (printed).
 """
@@ -165,6 +170,77 @@ def throughput(args) -> None:
            ["  of which replay sample", "", f"{sample_ms:.1f}", "", ""]])
 
 
+def sim_learning(episodes: int, seed: int = 0, max_steps: int = 25) -> None:
+    import torch
+
+    from irevla_ros.core.data.codec import Transition
+    from irevla_ros.core.rl import OnlineLearner, RLConfig
+    from irevla_ros.sim.env import SimEnv
+    from irevla_ros.sim.experts import expert_action
+
+    torch.set_num_threads(1)
+    tokens, dim = 4, 16
+    projection = np.random.default_rng(1000 + seed).normal(0, 1.0, (6, tokens * dim)).astype(np.float32)
+    env = SimEnv("reach", seed=seed, cameras=())
+    tmp = tempfile.TemporaryDirectory()
+    learner = OnlineLearner(RLConfig(
+        run_dir=tmp.name, seed=seed, feature_tokens=tokens, feature_dim=dim, num_learned_tokens=2, hidden_dim=64,
+        batch_size=64, warmup_transitions=32, utd_ratio=2.0, actor_lr=1e-3, critic_lr=1e-3, gamma=0.95,
+        tensorboard=False, online_capacity_bytes=8 << 20, demo_capacity_bytes=2 << 20))
+    counter = {"episode": 0, "steps": 0}
+
+    def features() -> np.ndarray:
+        state = np.concatenate([env.robot.read_state().ee_position,
+                                env.world.mocap_position(env.episode.params["object"])]) * 3.0
+        return (state.astype(np.float32) @ projection).reshape(tokens, dim).astype(np.float16)
+
+    def episode(who: str, layout: int, learn: bool) -> bool:
+        counter["episode"] += 1
+        env.reset(seed=layout)
+        f = features()
+        for i in range(max_steps):
+            if who == "expert":
+                a, log_prob = expert_action(env).astype(np.float32), 0.0
+            else:
+                with torch.no_grad():
+                    x = torch.from_numpy(f.astype(np.float32))[None]
+                    if learn:
+                        sample, lp, _ = learner.algo.actor.sample(x)
+                        a, log_prob = sample[0].numpy(), float(lp[0])
+                    else:
+                        a, log_prob = learner.algo.actor.deterministic(x)[0].numpy(), 0.0
+            _, success, _ = env.step(a)
+            done = success or i == max_steps - 1
+            if learn:
+                counter["steps"] += 1
+                learner.add_transition(Transition(f"sim-{counter['episode']}", i, f, a, log_prob=log_prob,
+                                                  reward=float(success), done=done, terminal=success,
+                                                  success=success, intervention=who == "expert"))
+                learner.train()
+            if done:
+                return success
+            f = features()
+        return False
+
+    def evaluate() -> float:
+        return float(np.mean([episode("policy", 10_000 + k, learn=False) for k in range(10)]))
+
+    t0 = time.perf_counter()
+    rows = [["0 (initial)", 0, 0, f"{evaluate():.1f}", f"{time.perf_counter() - t0:.0f}"]]
+    for k in range(10):
+        episode("expert", 5000 + k, learn=True)
+    for k in range(episodes):
+        episode("policy", k, learn=True)
+        if (k + 1) % 10 == 0:
+            rows.append([k + 1, counter["steps"], learner.algo.updates, f"{evaluate():.1f}",
+                         f"{time.perf_counter() - t0:.0f}"])
+            print(f"  {rows[-1]}", flush=True)
+    env.close()
+    tmp.cleanup()
+    table("3. RLPD on the fast sim `reach` (features: fixed random projection of TCP + goal positions)",
+          ["online episodes", "env steps", "updates", "success (10 held-out)", "wall s"], rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="model preset (irevla_ros.core.model.presets)")
@@ -174,7 +250,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1024, help="steps in the benchmark's replay buffer")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--sim", type=int, default=0, metavar="EPISODES",
+                        help="only run the fast-sim learning curve with this many online episodes")
     args = parser.parse_args(argv)
+    if args.sim:
+        sim_learning(args.sim)
+        return 0
     if not args.skip_memory:
         memory_table()
     throughput(args)
