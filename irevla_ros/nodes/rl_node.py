@@ -61,8 +61,12 @@ class RLNode(Node):
             if self.closed:
                 return
             start = time.monotonic()
+            rejected_before = sum(self.learner.rejected.values())
             while self.queue:
                 self.learner.ingest(self.queue.popleft())
+            if sum(self.learner.rejected.values()) > rejected_before:
+                self.get_logger().warning(f"rejected transitions so far: {dict(self.learner.rejected)}",
+                                          throttle_duration_sec=5.0)
             if self.dropped:
                 self.learner.rejected["queue_full"] += self.dropped
                 self.dropped = 0

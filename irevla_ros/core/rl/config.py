@@ -109,8 +109,9 @@ class RLConfig:
     """How often the node's learning loop runs (ingest queued transitions, update, publish, checkpoint)."""
     max_tick_s: float = 0.25
     """Time budget of one tick for updates (keeps the node responsive)."""
-    queue_limit: int = 20000
-    """Transitions waiting to be ingested; beyond it they are dropped and counted ('queue_full')."""
+    queue_limit: int = 5000
+    """Transitions waiting to be ingested (the queue drains every tick); beyond it they are dropped and counted
+    ('queue_full'). 5000 BLIP-2-sized payloads are ~1.6 GB."""
     tensorboard: bool = True
     log_every_updates: int = 20
     success_window: int = 20
