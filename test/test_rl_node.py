@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import json
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def test_ppo_then_sac_through_the_same_node_with_bad_input_and_resume(procs, ros
     def last_status() -> dict:
         return json.loads(status[-1].data) if status else {}
 
+    def wait(predicate, timeout: float, what: str) -> None:
+        """wait_for, failing with the learner's last status and the node logs (diagnosable on CI)."""
+        try:
+            wait_for(predicate, timeout, what=what)
+        except TimeoutError as exc:
+            logs = "\n".join(procs.log_of(p)[-3000:] for p in procs.procs)
+            raise AssertionError(f"{exc}; last status {last_status()}; {len(weights)} weights msgs\n{logs}") from exc
+
     # Malformed input first: each is refused and counted by reason, the node keeps going.
     pub.publish(payload_msg(b"\x00garbage"))
     pub.publish(payload_msg(encode("head_weights", {"x": np.zeros(1, np.float32)}, {})))
@@ -73,8 +82,8 @@ def test_ppo_then_sac_through_the_same_node_with_bad_input_and_resume(procs, ros
     pub.publish(payload_msg(bad_shape.to_bytes()))
     env = Bandit(0)
     publish_bandit(pub, env, 48)
-    wait_for(lambda: weights and last_status().get("counters", {}).get("transitions", 0) == 48, 90,
-             what="PPO head weights and all 48 transitions")
+    wait(lambda: weights and last_status().get("counters", {}).get("transitions", 0) == 48, 90,
+         what="PPO head weights and all 48 transitions")
     tensors, meta = decode_head_weights(bytes(weights[-1].data))
     assert meta["algorithm"] == "ppo" and meta["version"] >= 1 and meta["updates"] > 0
     head_config = HeadConfig(**meta["head_config"])
@@ -88,23 +97,26 @@ def test_ppo_then_sac_through_the_same_node_with_bad_input_and_resume(procs, ros
 
     # Clean shutdown writes a final checkpoint; restarted as SAC, the node resumes the run.
     node.send_signal(signal.SIGINT)
-    node.wait(60)
+    try:
+        node.wait(60)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"rl_node did not stop within 60 s of SIGINT\n{procs.log_of(node)[-3000:]}") from exc
     assert (run_dir / "rl" / "checkpoints" / "LATEST").is_file(), procs.log_of(node)
     assert list((run_dir / "rl" / "tb").glob("events.out.tfevents.*"))
     ppo_version = last_status()["version"]
     status.clear()
     weights.clear()
     procs.start(node_cmd(run_dir, "sac"), name="rl_node-sac")
-    wait_for(lambda: last_status().get("resumed_from"), 90, what="resumed status")
+    wait(lambda: last_status().get("resumed_from"), 90, what="resumed status")
     resumed = last_status()
     assert resumed["algorithm"] == "sac" and resumed["version"] == ppo_version
     assert resumed["counters"]["transitions"] == 48 and resumed["online"] == 48
-    wait_for(lambda: bool(weights), 30, what="re-published weights after resume")
+    wait(lambda: bool(weights), 30, what="re-published weights after resume")
     assert decode_head_weights(bytes(weights[-1].data))[1]["version"] == ppo_version
     ros.wait_for_subscribers(pub, timeout=60)
     publish_bandit(pub, env, 24)
-    wait_for(lambda: decode_head_weights(bytes(weights[-1].data))[1]["version"] > ppo_version, 90,
-             what="new SAC head weights")
+    wait(lambda: decode_head_weights(bytes(weights[-1].data))[1]["version"] > ppo_version, 90,
+         what="new SAC head weights")
     _, meta = decode_head_weights(bytes(weights[-1].data))
     assert meta["algorithm"] == "sac" and meta["updates"] > 0
-    wait_for(lambda: last_status()["counters"]["transitions"] == 72, 30, what="the 24 new transitions ingested")
+    wait(lambda: last_status()["counters"]["transitions"] == 72, 30, what="the 24 new transitions ingested")
