@@ -20,7 +20,7 @@ from irevla_ros.core.sft.synthetic import record_synthetic
 from irevla_ros.core.sft.train import SFTConfig, StepDataset, evaluate, load_job_episodes, mixing_weights
 
 KEY = bytes(range(32))
-FAST_SFT = {"mode": "lora", "steps": 30, "batch_size": 8, "lr": 3e-3, "head_lr": 3e-3, "val_every": 30}
+FAST_SFT = {"mode": "lora", "steps": 20, "batch_size": 8, "lr": 3e-3, "head_lr": 3e-3, "val_every": 20}
 
 
 def _key_file(tmp_path: Path) -> Path:
