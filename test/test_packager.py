@@ -187,6 +187,8 @@ def test_bad_results_are_rejected_and_nothing_announced(tmp_path, attack):
     assert reason in state.last_error
     assert not (tmp_path / "run" / "sft" / "results").exists()
     assert not list((tmp_path / "run" / "sft").glob("incoming/*"))
+    packager.poll()  # backoff: no tight loop of new jobs after a rejection
+    assert packager.iteration.state.job_id == "" and len(list((tmp_path / "run" / "sft" / "jobs").iterdir())) == 1
 
 
 def test_good_result_is_announced_and_reannounced_after_restart(tmp_path):

@@ -76,6 +76,8 @@ class PackagerConfig:
     sft_steps: int = 300
     sft_batch_size: int = 16
     sft_lr: float = 1e-3
+    retry_s: float = 60.0
+    """After a rejected job or result, wait this long before building the next job (no tight failure loops)."""
     verify_result: bool = True
     """Load the returned model here and check its held-out actions before announcing it."""
     max_val_mse_ratio: float = 1.05
@@ -90,7 +92,7 @@ class PackagerConfig:
             raise ValueError(f"image_format must be png|jpg, got {self.image_format!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality!r}")
-        for name in ("end_grace_s", "poll_s", "lease_s", "sft_lr"):
+        for name in ("end_grace_s", "poll_s", "lease_s", "sft_lr", "retry_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
@@ -151,6 +153,7 @@ class Packager:
         self.iteration: Iteration | None = None
         self.spool: Spool | None = None
         self.rl_head: tuple[dict, str, str] | None = None  # (state dict, head version, base policy version)
+        self._retry_at = 0.0
         if config.sft_enabled:
             self.iteration = Iteration(config.run_path / STATE_FILE, config.iteration_config())
             self.spool = Spool(config.spool, load_or_create_key(config.key_file), lease_s=config.lease_s)
@@ -267,8 +270,9 @@ class Packager:
         if self.iteration is None:
             return
         try:
-            stage = self.iteration.wants_job()
-            if stage is not None:
+            with self._lock:
+                stage = self.iteration.wants_job()
+            if stage is not None and time.monotonic() >= self._retry_at:
                 self._submit(stage)
             elif self.iteration.state.job_id:
                 self._check_result(self.iteration.state.job_id)
@@ -310,11 +314,13 @@ class Packager:
             msg = f"cannot build a stage-{stage} job yet: {exc}"
             if self.iteration.state.last_error != msg:
                 self.log.warning(msg)
-                self.iteration.job_build_failed(msg)
+                with self._lock:
+                    self.iteration.job_build_failed(msg)
             shutil.rmtree(job_dir, ignore_errors=True)
             return
         self.spool.submit_job(job_dir, body)
-        self.iteration.job_submitted(job_id)
+        with self._lock:
+            self.iteration.job_submitted(job_id)
         self.log.info(f"submitted stage-{stage} SFT job {job_id}: {body['counts']['expert']} expert + "
                       f"{body['counts']['online']} online episodes ({len(body['val'])} held out) -> version {n}")
 
@@ -405,6 +411,7 @@ class Packager:
 
     def _reject(self, job_id: str, reason: str) -> None:
         self.log.error(reason)
+        self._retry_at = time.monotonic() + self.config.retry_s
         with self._lock:
             self.iteration.job_failed(reason)
 
