@@ -36,6 +36,10 @@ class JobRejected(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Examples: `irevla sft-worker --spool runs/default/spool` (the simulation's local spool); "
+                     "on a GPU server `irevla sft-worker --spool sftp://robot-pc/home/me/runs/default/spool --key "
+                     "~/sft_hmac.key`; several GPUs: `accelerate launch --multi_gpu --num_processes 4 -m "
+                     "irevla_ros.core.sft.worker --spool URL`. Copy the packager's key file to the server first.")
     parser.add_argument("--spool", required=True, help="spool URL (file:///path, or sftp://, s3://... with the "
                         "fsspec driver installed); a plain path means file://")
     parser.add_argument("--key", default=os.environ.get("IREVLA_SFT_KEY", DEFAULT_KEY),
@@ -242,8 +246,10 @@ def process_job(spool: Spool, lease: Lease | None, work: Path, key: bytes, overr
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    if args.verbose:
+        LOG.setLevel(logging.DEBUG)
     for name in ("lease_s", "heartbeat_s", "poll_s"):
         if not getattr(args, name) > 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
