@@ -220,6 +220,36 @@ def test_init_head_from_the_policy_model_folder(tmp_path):
         OnlineLearner(small_config(tmp_path / "again", init_head=str(folder)))
 
 
+def test_a_new_model_from_sft_starts_a_new_stage(tmp_path):
+    """FULL_WEIGHTS_READY: stale features (old backbone) are set aside, the head restarts from the new folder and
+    its weights carry base_version so the policy can refuse heads trained on another backbone."""
+    from irevla_ros.core.model.vla import VLAModel, folder_sha256
+
+    old, new = tmp_path / "model-1", tmp_path / "model-2"
+    VLAModel.from_preset("tiny", seed=0).save_pretrained(old)
+    sft = VLAModel.from_preset("tiny", seed=1)
+    sft.save_pretrained(new)
+    cfg = small_config(tmp_path, init_head=str(old), feature_tokens=0, feature_dim=0, warmup_transitions=2)
+    learner = OnlineLearner(cfg)
+    shape = learner.feature_shape
+    for i in range(4):
+        learner.add_transition(step("e", i, done=i == 3, tokens=shape[0], dim=shape[1]))
+    learner.train()
+    learner.weights_payload()
+    with pytest.raises(ValueError, match="does not match"):
+        learner.next_stage(str(new), "2", "0" * 64)
+    assert len(learner.online) == 4  # refused: nothing changed
+    stage = learner.next_stage(str(new), "2", folder_sha256(new))
+    assert stage.base_version == "2" and stage.version == 0 and len(stage.online) == 0
+    for k, v in sft.head.state_dict().items():
+        assert torch.equal(v, stage.algo.actor.state_dict()[k])
+    assert decode_head_weights(stage.weights_payload())[1]["base_version"] == "2"
+    assert list((Path(cfg.run_dir) / "rl").glob("buffers.stage-*/online/features.f16"))
+    stage.close()
+    restarted = OnlineLearner(cfg)  # the node restarts with its original parameters: resumes the new stage
+    assert restarted.base_version == "2" and restarted.version == 1 and len(restarted.online) == 0
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 def fill(learner: OnlineLearner, episodes: int, seed: int = 0) -> None:
     env = Reach(seed)

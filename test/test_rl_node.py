@@ -120,3 +120,18 @@ def test_ppo_then_sac_through_the_same_node_with_bad_input_and_resume(procs, ros
     _, meta = decode_head_weights(bytes(weights[-1].data))
     assert meta["algorithm"] == "sac" and meta["updates"] > 0
     wait(lambda: last_status()["counters"]["transitions"] == 72, 30, what="the 24 new transitions ingested")
+
+    # Stage 2 announces a new model: a new stage (fresh buffers, head and features from the new folder).
+    from irevla_ros.core.model.vla import VLAModel, folder_sha256
+
+    folder = tmp_path / "model-sft-1"
+    VLAModel.from_preset("tiny", seed=1).save_pretrained(folder)
+    announce = ros.node.create_publisher(String, itf.FULL_WEIGHTS_READY.name, LATCHED_QOS)
+    announce.publish(String(data=json.dumps({"path": str(folder), "version": "sft-1", "sha256": "0" * 64})))
+    wait(lambda: "new model refused" in procs.log_of(procs.procs[-1]), 30, what="a bad announcement refused")
+    announce.publish(String(data=json.dumps({"path": str(folder), "version": "sft-1",
+                                             "sha256": folder_sha256(folder)})))
+    wait(lambda: last_status().get("base_version") == "sft-1", 60, what="the new stage")
+    stage = last_status()
+    assert stage["online"] == 0 and stage["counters"].get("transitions", 0) == 0 and stage["version"] == 0
+    assert list((run_dir / "rl").glob("buffers.stage-*"))

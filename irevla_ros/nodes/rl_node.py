@@ -1,7 +1,8 @@
 """rl_node: the stage-1 learner. Trains the action head (and its critics / value net) on the policy's
 transitions while the VLM stays frozen; publishes versioned head weights; checkpoints and resumes.
 
-Subscribes /policy/transition (UInt8MultiArray codec payloads, DATA_QOS). Publishes /rl/head_weights
+Subscribes /policy/transition (UInt8MultiArray codec payloads, DATA_QOS) and /sft/weights_ready (a new model
+from stage 2: a new stage with fresh buffers and the new folder's head). Publishes /rl/head_weights
 (head_weights payloads, LATCHED_QOS) and /rl/status (JSON, LATCHED_QOS). All learning logic lives in
 irevla_ros.core.rl.OnlineLearner; this node only moves bytes and time.
 
@@ -42,6 +43,9 @@ class RLNode(Node):
         intake, work = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         self.create_subscription(UInt8MultiArray, itf.TRANSITION.name, self.transition_callback, DATA_QOS,
                                  callback_group=intake)
+        self.create_subscription(String, itf.FULL_WEIGHTS_READY.name, self.full_weights_callback, LATCHED_QOS,
+                                 callback_group=intake)
+        self.new_model: dict | None = None
         self.create_timer(self.config.tick_period_s, self.tick_callback, callback_group=work)
         self.create_timer(1.0, self.status_callback, callback_group=work)
         self.closed = False
@@ -56,10 +60,36 @@ class RLNode(Node):
             return
         self.queue.append(bytes(msg.data))
 
+    def full_weights_callback(self, msg: String) -> None:
+        """Stage-2 SFT produced a new model: handled in the tick (a new stage: fresh buffers, head from it)."""
+        try:
+            info = json.loads(msg.data)
+            ok = isinstance(info, dict) and all(isinstance(info.get(k), str) for k in ("path", "sha256"))
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            self.get_logger().error(f"FULL_WEIGHTS_READY needs JSON with string path and sha256, got {msg.data!r}")
+            return
+        self.new_model = info
+
+    def _maybe_next_stage(self) -> None:
+        info, self.new_model = self.new_model, None
+        version = str(info.get("version", "")) or info["sha256"][:12]
+        if version == self.learner.base_version:
+            return  # the latched announcement of the model this run already started from
+        try:
+            self.learner = self.learner.next_stage(info["path"], version, info["sha256"])
+        except ValueError as exc:
+            self.get_logger().error(f"new model refused, learning goes on with the current one: {exc}")
+            return
+        self.get_logger().info(f"new stage: learning from model v{version}, features and buffers reset")
+
     def tick_callback(self) -> None:
         with self.lock:
             if self.closed:
                 return
+            if self.new_model is not None:
+                self._maybe_next_stage()
             start = time.monotonic()
             rejected_before = sum(self.learner.rejected.values())
             while self.queue:

@@ -14,6 +14,7 @@ written to the demo buffer, as the next observation only (never sampled itself).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -72,8 +73,11 @@ class _Pending:
 
 
 class OnlineLearner:
-    def __init__(self, config: RLConfig, log: Callable[[str], None] | None = None):
+    def __init__(self, config: RLConfig, log: Callable[[str], None] | None = None, base_version: str | None = None):
         self.config = config
+        self.base_version = base_version
+        """The model (backbone) version this run's features come from, when known (set by `next_stage`); sent as
+        `base_version` with the weights so the policy refuses a head trained on another backbone."""
         self.log = log or (lambda msg: None)
         self.root = Path(config.run_dir) / "rl"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -438,7 +442,33 @@ class OnlineLearner:
 
     def current_weights_payload(self) -> bytes:
         return encode_head_weights(self.algo.get_weights(), version=self.version, head_config=self.head_config,
-                                   updates=self.algo.updates, algorithm=self.config.algorithm, run_id=self.run_id)
+                                   updates=self.algo.updates, algorithm=self.config.algorithm, run_id=self.run_id,
+                                   base_version=self.base_version)
+
+    def next_stage(self, model_dir: str, version: str, sha256: str) -> OnlineLearner:
+        """A new model from stage-2 SFT (FULL_WEIGHTS_READY): its backbone changed, so every stored feature is
+        stale. Checkpoint this run, move its checkpoints and buffers aside (kept, never mixed), and return a fresh
+        learner whose head starts from the new folder's head. Raises ValueError (nothing changed) if the folder
+        does not match `sha256`."""
+        from irevla_ros.core.model.vla import ModelFolderError, folder_sha256
+
+        try:
+            digest = folder_sha256(model_dir)
+        except ModelFolderError as exc:
+            raise ValueError(f"new model {model_dir}: {exc}") from exc
+        if digest != sha256:
+            raise ValueError(f"new model {model_dir}: sha256 {digest[:12]}... does not match the announced "
+                             f"{str(sha256)[:12]}...")
+        self.close(checkpoint=True)
+        stamp = time.time_ns()
+        for name in ("checkpoints", "buffers"):
+            if (self.root / name).exists():
+                (self.root / name).rename(self.root / f"{name}.stage-{stamp}")
+        cfg = dataclasses.replace(self.config, init_head=model_dir, resume=False, feature_tokens=0, feature_dim=0)
+        successor = OnlineLearner(cfg, log=self.log, base_version=str(version))
+        successor.checkpoint()  # durable at once: a restart resumes the new stage, not the old one
+        self.log(f"new stage from model v{version} ({model_dir}); previous run kept in *.stage-{stamp}")
+        return successor
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     def checkpoint_due(self, now: float | None = None) -> bool:
@@ -456,6 +486,7 @@ class OnlineLearner:
     def _state(self) -> dict:
         return {
             "format": 1, "run_id": self.run_id, "algorithm": self.config.algorithm, "version": self.version,
+            "base_version": self.base_version,
             "feature_shape": list(self.feature_shape), "head_config": asdict(self.head_config),
             "counters": dict(self.counters), "rejected": dict(self.rejected),
             "pending": [[k, p.step, list(p.online), list(p.demo) if p.demo else None, p.version]
@@ -525,6 +556,7 @@ class OnlineLearner:
         torch.set_rng_state(learner["torch_rng"])
         self.run_id = state["run_id"]
         self.version = int(state["version"])
+        self.base_version = state.get("base_version")
         self.counters = Counter(state["counters"])
         self.rejected.update(state["rejected"])
         self.pending = OrderedDict((k, _Pending(step, tuple(on), tuple(de) if de else None, v))
@@ -561,7 +593,7 @@ class OnlineLearner:
 
     def summary(self) -> dict:
         return {"algorithm": self.config.algorithm, "updates": self.algo.updates if self.algo else 0,
-                "version": self.version, "online": len(self.online) if self.online else 0,
+                "version": self.version, "base_version": self.base_version, "run_id": self.run_id, "online": len(self.online) if self.online else 0,
                 "demo": len(self.demo) if self.demo else 0, "counters": dict(self.counters),
                 "rejected": dict(self.rejected), "success_rate": float(np.mean(self.recent_success))
                 if self.recent_success else 0.0}

@@ -2,7 +2,8 @@
 
 Tensors: the ActionHead's state dict, float32, keys exactly as `ActionHead.state_dict()`.
 Meta: {"version": int >= 1 (monotonic per run), "sha256": `state_dict_sha256(tensors)`,
-       "head_config": asdict(HeadConfig), "updates": int, "algorithm": "sac"|"ppo", "run_id": str}.
+       "head_config": asdict(HeadConfig), "updates": int, "algorithm": "sac"|"ppo", "run_id": str,
+       "base_version": str (only when known: the model version whose features trained this head)}.
 A receiver checks the digest and the head config before loading (`decode_head_weights` does both).
 """
 
@@ -36,10 +37,13 @@ def head_state_to_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def encode_head_weights(tensors: Mapping[str, np.ndarray], *, version: int, head_config: HeadConfig,
-                        updates: int = 0, algorithm: str = "", run_id: str = "") -> bytes:
+                        updates: int = 0, algorithm: str = "", run_id: str = "",
+                        base_version: str | None = None) -> bytes:
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     meta = {"version": int(version), "sha256": state_dict_sha256(tensors), "head_config": asdict(head_config),
             "updates": int(updates), "algorithm": algorithm, "run_id": run_id}
+    if base_version is not None:
+        meta["base_version"] = str(base_version)
     return encode(KIND, tensors, meta)
 
 
