@@ -593,10 +593,10 @@ class OnlineLearner:
 
     def summary(self) -> dict:
         return {"algorithm": self.config.algorithm, "updates": self.algo.updates if self.algo else 0,
-                "version": self.version, "base_version": self.base_version, "run_id": self.run_id, "online": len(self.online) if self.online else 0,
-                "demo": len(self.demo) if self.demo else 0, "counters": dict(self.counters),
-                "rejected": dict(self.rejected), "success_rate": float(np.mean(self.recent_success))
-                if self.recent_success else 0.0}
+                "version": self.version, "base_version": self.base_version, "run_id": self.run_id,
+                "online": len(self.online) if self.online else 0, "demo": len(self.demo) if self.demo else 0,
+                "counters": dict(self.counters), "rejected": dict(self.rejected),
+                "success_rate": float(np.mean(self.recent_success)) if self.recent_success else 0.0}
 
     def close(self, checkpoint: bool = True) -> None:
         if checkpoint and self.algo is not None:
