@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/sft.py                                  # tiny model, CPU: head | lora | full
     .venv/bin/python bench/sft.py --preset blip2-2.7b-shape --device cuda --dtype bf16 --batch-sizes 8 \
-        --modes head,lora                                          # the paper's backbone shape, random weights
+        --modes head,lora --sequential                             # the paper's backbone shape, random weights
 
 Prints a table with each mode's ratio to LoRA (the stage-2 default), measured in the same process side by side.
 """
@@ -36,38 +36,67 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_mode(args, mode: str, batch: int) -> dict:
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model = VLAModel.from_preset(args.preset, num_cameras=args.cameras, device=args.device, dtype=dtype)
-    groups = prepare_trainable(model, SFTConfig(mode=mode, lora_r=args.lora_r, lora_alpha=2 * args.lora_r))
-    opt = torch.optim.AdamW(groups, lr=1e-4)
-    model.train()
-    rng = np.random.default_rng(0)
-    data = [make_batch(model, batch, rng) for _ in range(2)]
-    times = []
-    for i in range(args.warmup + args.steps):
-        b = data[i % 2]
-        sync(args.device)
+class Runner:
+    """One mode's model, optimizer and data; `step()` times one SFT step."""
+
+    def __init__(self, args, mode: str, batch: int):
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        self.args, self.mode, self.batch = args, mode, batch
+        self.model = VLAModel.from_preset(args.preset, num_cameras=args.cameras, device=args.device, dtype=dtype)
+        self.groups = prepare_trainable(self.model, SFTConfig(mode=mode, lora_r=args.lora_r,
+                                                              lora_alpha=2 * args.lora_r))
+        self.opt = torch.optim.AdamW(self.groups, lr=1e-4)
+        self.model.train()
+        rng = np.random.default_rng(0)
+        self.data = [make_batch(self.model, batch, rng) for _ in range(2)]
+        self.times: list[float] = []
+        self.i = 0
+
+    def step(self, record: bool) -> None:
+        b = self.data[self.i % 2]
+        self.i += 1
+        cuda = self.args.device.startswith("cuda")
+        sync(self.args.device)
         t0 = time.perf_counter()
-        with torch.autocast(device_type="cuda" if args.device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                            enabled=args.dtype == "bf16" and args.device.startswith("cuda")):
-            loss = sft_loss(model, model, b, 0.0)
-        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16,
+                            enabled=self.args.dtype == "bf16" and cuda):
+            loss = sft_loss(self.model, self.model, b, 0.0)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sync(args.device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    trainable = sum(p.numel() for g in groups for p in g["params"])
-    total = sum(p.numel() for p in model.parameters())
-    mem = torch.cuda.max_memory_allocated() / 2 ** 30 if args.device.startswith("cuda") else float("nan")
-    del model, opt
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    med = statistics.median(times)
-    return {"mode": mode, "batch": batch, "step_ms": med * 1e3, "samples_per_s": batch / med,
-            "trainable": trainable, "total": total, "gpu_gib": mem}
+        self.opt.step()
+        sync(self.args.device)
+        if record:
+            self.times.append(time.perf_counter() - t0)
+
+    def row(self) -> dict:
+        trainable = sum(p.numel() for g in self.groups for p in g["params"])
+        total = sum(p.numel() for p in self.model.parameters())
+        mem = torch.cuda.max_memory_allocated() / 2 ** 30 if self.args.device.startswith("cuda") else float("nan")
+        med = statistics.median(self.times)
+        return {"mode": self.mode, "batch": self.batch, "step_ms": med * 1e3, "samples_per_s": self.batch / med,
+                "trainable": trainable, "total": total, "gpu_gib": mem}
+
+
+def bench(args, modes: list[str], batch: int) -> list[dict]:
+    """Interleaved (round-robin over modes, so machine load hits every mode alike) unless --sequential (big models
+    that do not fit several times in memory)."""
+    if args.sequential:
+        rows = []
+        for mode in modes:
+            r = Runner(args, mode, batch)
+            for i in range(args.warmup + args.steps):
+                r.step(i >= args.warmup)
+            rows.append(r.row())
+            del r
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+        return rows
+    runners = [Runner(args, mode, batch) for mode in modes]
+    for i in range(args.warmup + args.steps):
+        for r in runners:
+            r.step(i >= args.warmup)
+    return [r.row() for r in runners]
 
 
 def main() -> int:
@@ -82,6 +111,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--sequential", action="store_true", help="one mode at a time (GPU memory), not interleaved")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,8 +120,7 @@ def main() -> int:
     print(f"SFT step benchmark: preset {args.preset}, {args.cameras} camera(s), {args.dtype}, {device_name}")
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        for mode in args.modes.split(","):
-            rows.append(bench_mode(args, mode, batch))
+        rows += bench(args, args.modes.split(","), batch)
     print(f"{'mode':<6}{'batch':>6}{'step ms':>10}{'samples/s':>11}{'vs lora':>9}{'trainable':>13}{'of total':>10}"
           f"{'GPU GiB':>9}")
     for r in rows:
