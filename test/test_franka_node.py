@@ -9,6 +9,9 @@ The node runs with a small box around home (reached within a few commands) and t
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
 import time
 
 import numpy as np
@@ -313,3 +316,18 @@ def test_random_adversarial_and_nan_streams_never_leave_the_box(franka, stream):
         target = Pose([p.position.x, p.position.y, p.position.z],
                       [p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w])
         assert BOX.contains(target, 1e-9, 1e-6), target
+
+
+def test_sigint_while_moving_exits_cleanly(franka):
+    """Keep this the module's last test: it ends the node. Shutdown with a motion and a gripper command in
+    flight must stop the arm and exit 0 (franky's gripper futures once hung / crashed the process at exit)."""
+    franka.stream([1.0, 0, 0, 0, 0, 0, 1.0], 5, rate_hz=50.0)
+    franka.stream([0, 0, 0, 0, 0, 0, -1.0], 3, rate_hz=50.0)
+    os.killpg(franka.proc.pid, signal.SIGINT)
+    try:
+        rc = franka.proc.wait(10.0)
+    except subprocess.TimeoutExpired:
+        os.kill(franka.proc.pid, signal.SIGUSR1)  # faulthandler: every thread's stack into the log
+        time.sleep(1.0)
+        raise AssertionError(f"franka_node did not exit:\n{franka.procs.log_of(franka.proc)[-4000:]}") from None
+    assert rc == 0, franka.procs.log_of(franka.proc)[-2000:]

@@ -317,6 +317,7 @@ class FrankaNode(Node):
 def main(args=None) -> int:
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: the first thing to look at if the arm node hangs.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable()  # and on a crash
     return spin_node(FrankaNode, args)
 
 

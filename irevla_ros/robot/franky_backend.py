@@ -11,6 +11,7 @@ fingers; the state reports width and grasped.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class FrankyRobot(Robot):
         self._robot = None
         self._gripper = None
         self._gripper_future = None
+        self._gripper_queued = None
         self._last_width = 0.0
         self._last_grasped = False
 
@@ -157,6 +159,7 @@ class FrankyRobot(Robot):
         if self._gripper is None:
             return 0.0, False
         try:
+            self._pump_gripper()
             gs = self._gripper.state
             self._last_width, self._last_grasped = float(gs.width), bool(gs.is_grasped)
         except self._errors as exc:
@@ -207,15 +210,36 @@ class FrankyRobot(Robot):
                               self.config.gripper_force, 0.005, self.config.gripper_max_width)
 
     def _gripper_command(self, what: str, fn, *args) -> None:
+        """Send now if the gripper is idle, else queue (latest wins) until the running command ends: libfranka
+        blocks a second gripper command (without releasing the GIL) until the first is done, and dropping a
+        pending franky future blocks in its destructor. Queued commands go out from read_state()."""
+        if self._gripper_busy():
+            self._gripper_queued = (what, fn, args)
+            return
+        self._gripper_queued = None
         self._gripper_future = self._call(what, fn, *args)
 
+    def _gripper_busy(self) -> bool:
+        future = self._gripper_future
+        return future is not None and not self._call("gripper poll", future.wait, 0.0)
+
+    def _pump_gripper(self) -> None:
+        if self._gripper_queued is not None and not self._gripper_busy():
+            what, fn, args = self._gripper_queued
+            self._gripper_queued = None
+            self._gripper_future = self._call(what, fn, *args)
+
     def wait_gripper(self, timeout: float = 5.0) -> bool:
-        """Wait for the last gripper command (tests, resets). True if it finished successfully."""
-        if self._gripper_future is None:
-            return True
-        if not self._call("gripper wait", self._gripper_future.wait, timeout):
-            return False
-        return bool(self._call("gripper result", self._gripper_future.get))
+        """Wait for the last gripper command, queued ones included (tests, resets). True if it succeeded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._pump_gripper()
+            if self._gripper_future is None:
+                return True
+            if self._call("gripper wait", self._gripper_future.wait, 0.05) and self._gripper_queued is None:
+                return bool(self._call("gripper result", self._gripper_future.get))
+            if time.monotonic() > deadline:
+                return False
 
     def recover(self) -> None:
         self._call("recover_from_errors", self.robot.recover_from_errors)
@@ -235,11 +259,27 @@ class FrankyRobot(Robot):
                 log.warning("gripper stop failed: %s", exc)
 
     def close(self) -> None:
+        """Stop, then release franky's objects while the connection still works. A gripper future wraps a
+        std::future whose destructor blocks until the command ends: dropped at interpreter exit it hung (or
+        crashed) the process, so it is waited for here, after the gripper stop made it return."""
         try:
             self.stop()
         finally:
-            self._robot = None
+            future, self._gripper_future = self._gripper_future, None
+            if future is not None:
+                try:
+                    future.wait(2.0)
+                except self._errors as exc:
+                    log.warning("gripper command did not finish on close: %s", exc)
+            robot, self._robot = self._robot, None
+            if robot is not None:
+                try:
+                    robot.join_motion(2.0)
+                except self._errors:
+                    pass
+            del future, robot
             self._gripper = None
+            gc.collect()
 
 
 __all__ = ["FINGER_JOINT_NAMES", "FrankyConfig", "FrankyRobot"]

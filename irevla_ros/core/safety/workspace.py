@@ -149,7 +149,7 @@ def apply_action(current_pose: Pose, action, limits: StepLimits, box: WorkspaceB
     Translation: current + action[:3] * max_translation_per_tick (base frame), norm capped to the per-tick max.
     Rotation: Exp(action[3:6] * max_rotation_per_tick) * current (base-frame axes, about the EE point),
     angle capped likewise. The result is clipped into the box. The gripper component is not used here.
-    If `current_pose` is itself outside the box, the target heads back into it by at most one step.
+    Every target is inside the box, also from a `current_pose` outside it (see safe_target).
     Raises InvalidAction for NaN/inf/out-of-range/wrong-length actions.
     """
     a = validate_action(action)
@@ -165,11 +165,13 @@ def safe_target(reference: Pose, target: Pose, max_translation: float, max_rotat
 
     With `reference` inside the box the capped target lies on the straight line from reference to the clipped
     target in (position, box rotation-vector) coordinates: the box is convex there, so the result is inside
-    the box AND within the step limits. From outside the box it heads back by at most one step.
+    the box AND within the step limits. From a reference outside the box (an arm that started outside, or
+    overshot a wall) every target is still inside the box: the step cap yields to the box there, and the
+    step exceeds the cap by at most the reference's distance from the box.
     """
     clipped = box.clip(target)
     if not box.contains(reference, 1e-9, 1e-9):
-        return limit_step(reference, clipped, max_translation, max_rotation)
+        return box.clip(limit_step(reference, clipped, max_translation, max_rotation))
 
     def within(p: Pose) -> bool:
         dp, dr = reference.distance_to(p)
