@@ -162,7 +162,7 @@ def online_rl(args: Mapping[str, str]) -> list[NodeSpec]:
                  {"model_dir": LaunchArg("model_dir"), "run_dir": run_dir},
                  remappings=((itf.ACTION.name, itf.POLICY_ACTION.name),)),
         NodeSpec("rl_node", "rl_node", ("rl_node.yaml",) + simp,
-                 {"algorithm": LaunchArg("algorithm"), "run_dir": run_dir}),
+                 {"algorithm": LaunchArg("algorithm"), "run_dir": run_dir, "init_head": LaunchArg("model_dir")}),
         NodeSpec("packager_node", "packager_node", ("packager_node.yaml",) + simp, {"run_dir": run_dir}),
     ]
     nodes += _teleop(args, required=False)

@@ -85,7 +85,7 @@ TRANSITION = Endpoint("/policy/transition", "std_msgs/msg/UInt8MultiArray")
 HEAD_WEIGHTS = Endpoint("/rl/head_weights", "std_msgs/msg/UInt8MultiArray")
 POLICY_VERSION = Endpoint("/policy/version", "std_msgs/msg/String")
 EPISODE_EVENT = Endpoint("/policy/episode", "std_msgs/msg/String")
-"""JSON: {"episode_id", "event": "start"|"end", "success", "steps", "instruction", "policy_version"}."""
+"""JSON: {"episode_id", "event": "start"|"end", "success", "steps", "instruction", "task", "policy_version"}."""
 FULL_WEIGHTS_READY = Endpoint("/sft/weights_ready", "std_msgs/msg/String")
 """JSON: {"path", "version", "sha256"}: a verified SFT result on local disk for the policy to load."""
 ITERATION_STATUS = Endpoint("/iteration/status", "std_msgs/msg/String")

@@ -286,6 +286,8 @@ class PolicyNode(Node):
             info = json.loads(message)
         except (json.JSONDecodeError, TypeError):
             return
+        if isinstance(info, dict) and isinstance(info.get("task"), str):
+            self.actor.task_name = info["task"][:200]
         if isinstance(info, dict) and isinstance(info.get("instruction"), str):
             try:
                 self.actor.obs.set_instruction(info["instruction"])

@@ -175,6 +175,9 @@ class PolicyActor:
         self.episode_id = ""
         self.episode_steps = 0
         self.episode_instruction = ""
+        self.task_name = ""
+        """The simulator's task id for the next episode (from /sim/reset's reply), echoed in episode events."""
+        self.episode_task = ""
         self._open: _OpenStep | None = None
         self._reset_done_at = -np.inf
         self._last_fresh = -np.inf
@@ -319,9 +322,11 @@ class PolicyActor:
         self.episode_id = f"{self.run_id}-{self.episode_index:05d}"
         self.episode_steps = 0
         self.episode_instruction = obs.instruction
+        self.episode_task = self.task_name
         self.state = "running"
         out.events.append({"episode_id": self.episode_id, "event": "start", "success": False, "steps": 0,
-                           "instruction": obs.instruction, "policy_version": self.slots.version,
+                           "instruction": obs.instruction, "task": self.episode_task,
+                           "policy_version": self.slots.version,
                            "mode": self.config.mode})
 
     def _finish(self, out: TickOutput, now: float, *, success: bool, terminal: bool, reward: float,
@@ -333,6 +338,7 @@ class PolicyActor:
         self.stats["successes"] += int(success)
         out.events.append({"episode_id": self.episode_id, "event": "end", "success": bool(success),
                            "steps": self.episode_steps, "instruction": self.episode_instruction,
+                           "task": self.episode_task,
                            "policy_version": self.slots.version, "mode": self.config.mode, "aborted": aborted})
         self.state = "resetting"
         out.request_reset = True
