@@ -71,6 +71,15 @@ def test_threshold_is_lowest_reaching_target_precision():
     assert "true success" in m.confusion_table()
 
 
+def test_roc_auc_counts_ranked_pairs():
+    from irevla_ros.core.reward.metrics import roc_auc
+
+    assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0])) == 1.0
+    assert roc_auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([1, 1, 0, 0])) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5]), np.array([1, 0, 0])) == 0.5
+    assert roc_auc(np.array([0.9, 0.3, 0.4, 0.1]), np.array([1, 1, 0, 0])) == 0.75
+
+
 # --- gate ----------------------------------------------------------------------------------------------------------
 def test_gate_needs_k_consecutive_frames_and_human_wins_until_reset():
     gate = RewardGate(3)

@@ -82,3 +82,23 @@ def pick_threshold(probs: np.ndarray, labels: np.ndarray, target_precision: floa
             best = (m.precision, m.recall, float(t))
     t = best[2] if best is not None else 0.5
     return float(np.clip(t, THRESHOLD_MIN, THRESHOLD_MAX)), False
+
+
+def roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random success frame scores above a random failure frame (ties count half)."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(bool)
+    pos, neg = probs[labels], probs[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("ROC AUC needs both classes")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allp = np.concatenate([pos, neg])[order]
+    # average ranks for ties
+    i = 0
+    while i < len(allp):
+        j = i
+        while j + 1 < len(allp) and allp[j + 1] == allp[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
