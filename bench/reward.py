@@ -55,7 +55,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="pick")
     p.add_argument("--cameras", nargs="+", default=["front"])
-    p.add_argument("--frame-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"))
+    p.add_argument("--frame-size", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
     p.add_argument("--train-episodes", type=int, default=40)
     p.add_argument("--test-episodes", type=int, default=20)
     p.add_argument("--post-success-steps", type=int, default=10)

@@ -280,3 +280,29 @@ def test_core_reward_does_not_import_rclpy():
     code = ("import sys, irevla_ros.core.reward, irevla_ros.core.reward.cli, irevla_ros.core.reward.sources; "
             "assert 'rclpy' not in sys.modules, 'rclpy imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_frames_from_episode_store_use_step_flags_else_episode_outcome(tmp_path):
+    from irevla_ros.core.data.episodes import EpisodeWriter
+    from irevla_ros.core.reward.sources import frames_from_episode_store
+
+    writer = EpisodeWriter(tmp_path / "eps")
+    rng = np.random.default_rng(0)
+
+    def record(n: int, success: bool, step_flags: list[bool] | None, source: str):
+        rec = writer.begin(task="pick up the red cube", source=source, cameras=("front", "wrist"))
+        for k in range(n):
+            rec.add_step(action=np.zeros(7), images={c: rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+                                                      for c in ("front", "wrist")},
+                         success=bool(step_flags[k]) if step_flags else False)
+        rec.finish(success=success)
+
+    record(6, True, [False, False, False, True, True, True], "online")  # sim ground truth / teleop key per step
+    record(5, True, None, "teleop")  # a demo: only its outcome is known -> its last 2 frames
+    record(4, False, None, "online")
+    f = frames_from_episode_store(tmp_path / "eps", ("wrist",), outcome_tail=2)
+    assert f.cameras == ("wrist",) and f.images.shape == (15, 1, 12, 16, 3) and f.label_source == "episode_store"
+    assert f.labels.tolist() == [0, 0, 0, 1, 1, 1] + [0, 0, 0, 1, 1] + [0, 0, 0, 0]
+    assert f.episodes.tolist() == [0] * 6 + [1] * 5 + [2] * 4
+    with pytest.raises(FramesError, match="cameras"):
+        frames_from_episode_store(tmp_path / "eps", ("side",))
