@@ -1,0 +1,492 @@
+"""`irevla sim`: the main job. The whole iRe-VLA loop in simulation, through the real ROS 2 graph.
+
+1. prepare (cached in the run folder): a tiny random-init VLA, scripted expert demos, stage-0 SFT on them;
+2. evaluate the SFT-only policy on expert and new tasks (ROS-free SimEnv, deterministic actions);
+3. run the `online_rl` graph (fast sim) with the `irevla launch` runner: stage 1 RL on the head with the VLM
+   frozen, stage 2 SFT jobs through the spool + local worker, hot reloads; a live status table;
+4. stop the graph after the time budget (or Ctrl-C), evaluate the final policy the same way, print a summary.
+
+A rerun with the same --run-dir resumes: the cached model, demos and SFT are reused, the learner resumes
+from its checkpoint and the iteration state machine from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+CAMERAS = ("wrist", "front")
+
+
+@dataclass
+class LoopConfig:
+    run_dir: str = "runs/sim"
+    minutes: float = 15.0
+    """Wall-clock budget of the online phase (stage 1/2 iterations)."""
+    demos_per_task: int = 20
+    eval_episodes: int = 10
+    seed: int = 0
+    algorithm: str = "sac"
+    web: bool = False
+    preset: str = "tiny"
+    image_size: int = 128
+    sft0_steps: int = 400
+    """Stage-0 SFT updates (batch 32): about two minutes on 2 CPU cores with the tiny model."""
+    sft_every_n_successes: int = 20
+    sft2_steps: int = 300
+    """Stage-2 SFT updates per job (run by the local sft worker)."""
+    max_episode_steps: int = 60
+    expert_interventions: bool = False
+    """The scripted expert takes over through /teleop/action like a human teleoperator (interventions), so
+    online episodes succeed: a quick way to see stage 2 and the reload happen (used by the loop test)."""
+    expert_tasks: tuple[str, ...] = ("reach",)
+    new_tasks: tuple[str, ...] = ("reach_novel",)
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.minutes <= 24 * 60):
+            raise ValueError(f"minutes must be in (0, 1440], got {self.minutes}")
+        for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.algorithm not in ("sac", "ppo"):
+            raise ValueError(f"algorithm must be sac or ppo, got {self.algorithm!r}")
+
+
+@dataclass
+class LiveStatus:
+    """What the monitor shows; filled from /policy/episode, /policy/version and /iteration/status."""
+
+    stage: str = "-"
+    iteration: int = 0
+    policy_version: str = "-"
+    episodes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    recent: dict[str, deque] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
+    last_event: str = ""
+    updates_per_s: float = 0.0
+    rl_updates: int = 0
+    head_versions: int = 0
+    full_reloads: list = field(default_factory=list)
+    versions_seen: list = field(default_factory=list)
+    interventions: int = 0
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "iteration": self.iteration, "policy_version": self.policy_version,
+                "episodes": self.episodes, "successes": {t: int(sum(v)) for t, v in self.recent.items()},
+                "rl_updates": self.rl_updates, "head_versions": self.head_versions,
+                "full_reloads": self.full_reloads, "versions_seen": self.versions_seen}
+
+    def success_rate(self, tasks) -> float | None:
+        results = [s for t in tasks for s in self.recent.get(t, ())]
+        return sum(results) / len(results) if results else None
+
+
+def status_table(status: LiveStatus, expert_tasks, new_tasks) -> Table:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    table = Table(title="irevla sim: iRe-VLA online loop (success over the last 20 episodes per task)",
+                  expand=False)
+    for col in ("time", "stage", "iter", "episodes", "policy", "expert ok", "new ok", "upd/s"):
+        table.add_column(col)
+    elapsed = time.monotonic() - status.started
+    table.add_row(f"{elapsed / 60:.1f} min", status.stage, str(status.iteration), str(status.episodes),
+                  status.policy_version, pct(status.success_rate(expert_tasks)), pct(status.success_rate(new_tasks)),
+                  f"{status.updates_per_s:.1f}")
+    if status.last_event:
+        table.caption = status.last_event
+    return table
+
+
+class GraphMonitor:
+    """An rclpy node in its own context that listens to the loop's progress topics."""
+
+    def __init__(self, status: LiveStatus):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import String, UInt8MultiArray
+
+        from irevla_ros import interfaces as itf
+        from irevla_ros.nodes._common import DATA_QOS, LATCHED_QOS
+
+        self.status = status
+        self.latest_full_path = ""
+        self.latest_head: bytes | None = None
+        self.latest_head_after_full = True
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("irevla_sim_monitor", context=self.context)
+        self.node.create_subscription(String, itf.EPISODE_EVENT.name, self._episode, DATA_QOS)
+        self.node.create_subscription(String, itf.POLICY_VERSION.name, self._version, LATCHED_QOS)
+        self.node.create_subscription(String, itf.ITERATION_STATUS.name, self._iteration, LATCHED_QOS)
+        self.node.create_subscription(String, itf.RL_STATUS.name, self._rl, LATCHED_QOS)
+        self.node.create_subscription(String, itf.FULL_WEIGHTS_READY.name, self._full, LATCHED_QOS)
+        self.node.create_subscription(UInt8MultiArray, itf.HEAD_WEIGHTS.name, self._head, LATCHED_QOS)
+        self._last_updates: tuple[int, float] | None = None
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        import rclpy
+
+        while rclpy.ok(context=self.context):
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except Exception:  # noqa: BLE001 - context shut down while spinning
+                return
+
+    def _episode(self, msg) -> None:
+        try:
+            event = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        if event.get("event") == "end":
+            self.status.episodes += 1
+            task = str(event.get("task") or event.get("instruction") or "?")
+            self.status.recent[task].append(bool(event.get("success")))
+
+    def _rl(self, msg) -> None:
+        try:
+            state = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        updates, now = int(state.get("updates", 0)), time.monotonic()
+        self.status.rl_updates = updates
+        if self._last_updates is not None and now > self._last_updates[1]:
+            self.status.updates_per_s = (updates - self._last_updates[0]) / (now - self._last_updates[1])
+        self._last_updates = (updates, now)
+
+    def _full(self, msg) -> None:
+        try:
+            announced = json.loads(msg.data)
+            self.latest_full_path = str(announced["path"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return
+        self.status.full_reloads.append({k: announced.get(k) for k in ("path", "version", "sha256")})
+        self.latest_head_after_full = False
+        self.status.last_event = f"SFT result announced: {self.latest_full_path}"
+
+    def _head(self, msg) -> None:
+        self.latest_head = bytes(msg.data)
+        self.latest_head_after_full = True
+        self.status.head_versions += 1
+
+    def _version(self, msg) -> None:
+        self.status.policy_version = msg.data
+        if msg.data not in self.status.versions_seen:
+            self.status.versions_seen.append(msg.data)
+
+    def _iteration(self, msg) -> None:
+        try:
+            state = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        self.status.stage = str(state.get("stage", self.status.stage))
+        self.status.iteration = int(state.get("iteration", self.status.iteration))
+        if state.get("message"):
+            self.status.last_event = str(state["message"])
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = LoopConfig()
+    parser.add_argument("--run-dir", default=defaults.run_dir, help="folder for models, demos, episodes, logs; "
+                        "a rerun with the same folder resumes")
+    parser.add_argument("--minutes", type=float, default=defaults.minutes, help="length of the online phase")
+    parser.add_argument("--demos-per-task", type=int, default=defaults.demos_per_task,
+                        help="scripted expert demos per expert task (stage 0)")
+    parser.add_argument("--sft0-steps", type=int, default=defaults.sft0_steps, help="stage-0 SFT updates")
+    parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes,
+                        help="evaluation episodes per task, before and after")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--algorithm", choices=("sac", "ppo"), default=defaults.algorithm, help="stage-1 learner")
+    parser.add_argument("--sft-every-n-successes", type=int, default=defaults.sft_every_n_successes,
+                        help="stage 1 -> stage 2 after this many successful online episodes")
+    parser.add_argument("--sft2-steps", type=int, default=defaults.sft2_steps, help="stage-2 SFT updates per job")
+    parser.add_argument("--max-episode-steps", type=int, default=defaults.max_episode_steps)
+    parser.add_argument("--expert-interventions", action="store_true",
+                        help="the scripted expert intervenes like a teleoperator (shows stage 2 quickly)")
+    parser.add_argument("--web", action="store_true", help="also serve the Foxglove live view on localhost")
+
+
+def run(ns: argparse.Namespace) -> int:
+    try:
+        config = LoopConfig(run_dir=ns.run_dir, minutes=ns.minutes, demos_per_task=ns.demos_per_task,
+                            sft0_steps=ns.sft0_steps, eval_episodes=ns.eval_episodes, seed=ns.seed,
+                            algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
+                            max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
+                            expert_interventions=ns.expert_interventions)
+    except ValueError as exc:
+        print(f"irevla sim: {exc}", file=sys.stderr)
+        return 2
+    loop = SimLoop(config)
+    _install_signal_handlers(loop)
+    return loop.run()
+
+
+class SimLoop:
+    """Prepare (cached) -> evaluate SFT-only -> run the graph for the budget -> evaluate again -> summary."""
+
+    def __init__(self, config: LoopConfig, console: Console | None = None):
+        self.config = config
+        self.root = Path(config.run_dir).expanduser().resolve()
+        self.console = console or Console()
+        self._stop = threading.Event()
+
+    # --- paths -------------------------------------------------------------------------------------------------
+    @property
+    def demos_dir(self) -> Path:
+        return self.root / "demos"
+
+    @property
+    def sft0_dir(self) -> Path:
+        return self.root / "models" / "sft0"
+
+    @property
+    def demo_features_dir(self) -> Path:
+        return self.root / "demo_features" / "sft0"
+
+    # --- stage 0 (cached) ------------------------------------------------------------------------------------
+    def record_demos(self) -> None:
+        from irevla_ros.core.data.episodes import EpisodeStore
+        from irevla_ros.sim import demos
+
+        store = EpisodeStore(self.demos_dir)
+        have = len(store.episodes(source="expert", success=True)) if store.manifest_path.exists() else 0
+        want = self.config.demos_per_task * len(self.config.expert_tasks)
+        if have >= want:
+            self._say(f"[stage 0] {have} expert demos cached in {self.demos_dir}")
+            return
+        self._say(f"[stage 0] recording {want} scripted expert demos ({', '.join(self.config.expert_tasks)})")
+        ns = argparse.Namespace(task=list(self.config.expert_tasks), episodes=self.config.demos_per_task,
+                                out=str(self.demos_dir), seed=self.config.seed, image_size=self.config.image_size,
+                                cameras=list(CAMERAS), action_noise=0.0, keep_failures=False, max_attempts=0,
+                                image_format="png")
+        if demos.run(ns) != 0:
+            raise RuntimeError("the scripted experts did not produce enough demos")
+
+    def stage0_sft(self) -> None:
+        import torch
+
+        from irevla_ros.core.data.episodes import EpisodeStore
+        from irevla_ros.core.model.vla import VLAModel, verify_folder
+        from irevla_ros.core.sft.train import SFTConfig, StepDataset, train
+
+        if self.sft0_dir.is_dir():
+            try:
+                verify_folder(self.sft0_dir)
+                self._say(f"[stage 0] SFT model cached in {self.sft0_dir}")
+                return
+            except ValueError as exc:
+                self._say(f"[stage 0] cached model unusable ({exc}); training again")
+        store = EpisodeStore(self.demos_dir)
+        episodes = [store.load(i) for i in store.episodes(source="expert", success=True)]
+        held_out = max(1, len(episodes) // 10)
+        train_set = StepDataset(episodes[held_out:], CAMERAS)
+        val_set = StepDataset(episodes[:held_out], CAMERAS)
+        torch.manual_seed(self.config.seed)
+        model = VLAModel.from_preset(self.config.preset, num_cameras=len(CAMERAS), seed=self.config.seed)
+        self._say(f"[stage 0] SFT (full fine-tuning of the random-init {self.config.preset} VLA) on "
+                           f"{len(train_set)} steps from {len(episodes) - held_out} demos, {self.config.sft0_steps} "
+                           "updates")
+        sft = SFTConfig(mode="full", steps=self.config.sft0_steps, batch_size=32, seed=self.config.seed,
+                        val_every=max(1, self.config.sft0_steps // 4))
+        result = train(model, train_set, val_set, sft, log_dir=self.root / "tb" / "stage0")
+        m = result.metrics
+        self._say(f"[stage 0] held-out action MSE {m['val_mse_before']:.4f} -> {m['val_mse_after']:.4f} "
+                           f"({m['samples_per_s']:.0f} samples/s)")
+        result.model.save_pretrained(self.sft0_dir, version="sft0")
+        (self.root / "stage0_metrics.json").write_text(json.dumps(
+            {k: v for k, v in m.items() if k != "val_history"}, indent=2, default=str))
+
+    def demo_features(self) -> None:
+        """Features of the expert demos under the SFT-0 backbone, for the learner's demo buffer (RLPD): the
+        learner never runs the VLM, so they are computed once here."""
+        import numpy as np
+        import torch
+
+        from irevla_ros.core.data.codec import Transition
+        from irevla_ros.core.data.episodes import EpisodeStore, decode_image
+        from irevla_ros.core.model.vla import VLAModel
+
+        done_marker = self.demo_features_dir / "COMPLETE"
+        if done_marker.exists():
+            return
+        self.demo_features_dir.mkdir(parents=True, exist_ok=True)
+        model = VLAModel.from_pretrained(self.sft0_dir)
+        store = EpisodeStore(self.demos_dir)
+        infos = store.episodes(source="expert", success=True)
+        for info in infos:
+            ep = store.load(info)
+            n = len(ep)
+            for i in range(n):
+                images = [torch.from_numpy(decode_image(ep.images[c][i]))[None] for c in CAMERAS]
+                with torch.inference_mode():
+                    features = model.encode(images, [info.task])[0].float().numpy().astype(np.float16)
+                last = i == n - 1
+                t = Transition(episode_id=f"demo-{info.episode_id}", step=i, features=features,
+                               action=np.clip(ep.action[i], -1, 1).astype(np.float32), reward=float(ep.reward[i]),
+                               done=last, terminal=last and bool(info.success), success=bool(ep.success[i]),
+                               intervention=True, policy_version="sft0", task=info.task)
+                (self.demo_features_dir / f"{info.episode_id}-{i:05d}.transition").write_bytes(t.to_bytes())
+        done_marker.write_text(str(len(infos)))
+        self._say(f"[stage 0] demo features for the learner: {len(infos)} episodes")
+
+    # --- evaluation ------------------------------------------------------------------------------------------
+    def evaluate(self, model, label: str) -> dict[str, float]:
+        from irevla_ros.sim.evaluate import evaluate_policy
+
+        tasks = list(self.config.expert_tasks) + list(self.config.new_tasks)
+        self._say(f"[eval] {label}: {self.config.eval_episodes} episodes per task on {', '.join(tasks)}")
+        results = evaluate_policy(model, tasks, self.config.eval_episodes, image_size=self.config.image_size,
+                                  cameras=CAMERAS)
+        rates = {t: r.rate for t, r in results.items()}
+        self._say(f"[eval] {label}: " + ", ".join(f"{t} {100 * v:.0f}%" for t, v in rates.items()))
+        return rates
+
+    def final_model(self, monitor: GraphMonitor | None):
+        """The policy as the graph left it: the latest verified SFT result (or SFT-0) + the learner's last head
+        for that backbone."""
+        from irevla_ros.core.model.vla import VLAModel
+        from irevla_ros.core.model.weights import decode_head_weights
+
+        path = self.sft0_dir
+        if monitor is not None and monitor.latest_full_path:
+            path = Path(monitor.latest_full_path)
+        model = VLAModel.from_pretrained(path)
+        if monitor is not None and monitor.latest_head is not None and monitor.latest_head_after_full:
+            state, version, meta = decode_head_weights(monitor.latest_head, model.config.head, with_meta=True)
+            base = meta.get("base_version")
+            if base in (None, "", getattr(model, "version", None)) or not monitor.latest_full_path:
+                model.load_head_state_dict(state)
+                self._say(f"[eval] using the learner's head v{version} on {path.name}")
+        return model
+
+    # --- the online phase -----------------------------------------------------------------------------------
+    def graph_parameters(self) -> Path:
+        import yaml
+
+        params = {
+            "sim_world": {"ros__parameters": {"tasks": list(self.config.expert_tasks) + list(self.config.new_tasks),
+                                              "seed": self.config.seed + 1000,
+                                              "image_width": self.config.image_size,
+                                              "image_height": self.config.image_size,
+                                              "expert_driver": self.config.expert_interventions}},
+            "packager_node": {"ros__parameters": {"stage0": False, "model_dir": str(self.sft0_dir),
+                                                  "expert_dataset_dirs": str(self.demos_dir),
+                                                  "sft_every_n_successes": self.config.sft_every_n_successes,
+                                                  "sft_steps": self.config.sft2_steps,
+                                                  "key_file": str(self.root / "sft_hmac.key")}},
+            "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
+                                            "demo_dir": str(self.demo_features_dir)}},
+            "policy_node": {"ros__parameters": {"max_steps": self.config.max_episode_steps}},
+        }
+        path = self.root / "graph_params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        return path
+
+    def run_graph(self, status: LiveStatus) -> tuple[int, GraphMonitor | None]:
+        import os
+
+        from irevla_ros import graph
+        from irevla_ros.runner import GraphRunner
+
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        given = {"sim": "fast", "run_dir": str(self.root), "model_dir": str(self.sft0_dir),
+                 "config": str(self.graph_parameters()), "algorithm": self.config.algorithm,
+                 "web": "true" if self.config.web else "false"}
+        specs, args = graph.build("online_rl", given)
+        log_path = self.root / "graph.log"
+        with open(log_path, "a") as log:
+            runner = GraphRunner(specs, args, out=log)
+            self._say(f"[online] starting {len(specs)} processes ({', '.join(s.name for s in specs)}); "
+                               f"logs in {log_path}")
+            runner.start()
+            monitor = GraphMonitor(status)
+            result: dict[str, int] = {}
+            waiter = threading.Thread(target=lambda: result.setdefault("code", runner.wait()), daemon=True)
+            waiter.start()
+            deadline = time.monotonic() + 60.0 * self.config.minutes
+            expert, new = self.config.expert_tasks, self.config.new_tasks
+            with Live(status_table(status, expert, new), console=self.console, refresh_per_second=2) as live:
+                while not self._stop.is_set() and waiter.is_alive() and time.monotonic() < deadline:
+                    live.update(status_table(status, expert, new))
+                    self._stop.wait(0.5)
+                live.update(status_table(status, expert, new))
+            runner.request_stop()
+            waiter.join(60.0)
+            code = result.get("code", 1)
+            if code != 0:
+                self._say(f"[online] the graph stopped with code {code}; see {log_path}")
+            return code, monitor
+
+    def run(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "loop_config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        self.record_demos()
+        self.stage0_sft()
+        self.demo_features()
+        from irevla_ros.core.model.vla import VLAModel
+
+        before_path = self.root / "eval_sft0.json"
+        if before_path.exists():
+            before = json.loads(before_path.read_text())
+        else:
+            before = self.evaluate(VLAModel.from_pretrained(self.sft0_dir), "SFT only (stage 0)")
+            before_path.write_text(json.dumps(before, indent=2))
+        if self._stop.is_set():
+            return 130
+        status = LiveStatus()
+        code, monitor = self.run_graph(status)
+        try:
+            after = self.evaluate(self.final_model(monitor), f"after the online phase (policy {status.policy_version})")
+        finally:
+            if monitor is not None:
+                monitor.close()
+        (self.root / "eval_final.json").write_text(json.dumps(after, indent=2))
+        (self.root / "loop_status.json").write_text(json.dumps(status.to_json(), indent=2))
+        self.summary(before, after, status)
+        return code
+
+    def summary(self, before: dict[str, float], after: dict[str, float], status: LiveStatus) -> None:
+        table = Table(title=f"irevla sim summary ({self.root})")
+        for col in ("task", "split", "SFT only", "after iRe-VLA", "change"):
+            table.add_column(col)
+        for task, rate in after.items():
+            split = "expert" if task in self.config.expert_tasks else "new"
+            b = before.get(task, 0.0)
+            table.add_row(task, split, f"{100 * b:.0f}%", f"{100 * rate:.0f}%", f"{100 * (rate - b):+.0f} pts")
+        table.caption = (f"{status.episodes} online episodes, stage {status.stage}, iteration {status.iteration}, "
+                         f"policy {status.policy_version}; tensorboard --logdir {self.root}")
+        self.console.print(table)
+
+    def request_stop(self, *_sig) -> None:
+        self._stop.set()
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+
+def _install_signal_handlers(loop: SimLoop) -> None:
+    signal.signal(signal.SIGINT, loop.request_stop)
+    signal.signal(signal.SIGTERM, loop.request_stop)
