@@ -88,6 +88,7 @@ def main() -> int:
             m = evaluate(predict_frames(clf, test), test.labels, clf.spec.threshold)
             p50, p95 = latency_ms(clf, test.images[:1], args.latency_iters)
             rows.append((arch, size, seed, train_s, result.val, m, p50, p95))
+            print(f"[{arch} seed {seed}] held-out {m.line()}; latency p50 {p50:.2f} ms p95 {p95:.2f} ms", flush=True)
 
     print(f"\nreward classifier, task {args.task}, cameras {args.cameras}, frames "
           f"{args.frame_size[1]}x{args.frame_size[0]}, torch threads 2")
