@@ -249,26 +249,24 @@ class FrankyRobot(Robot):
             pass
 
     def stop(self) -> None:
+        """Stop the arm now. The gripper finishes its current command (slow, force-limited fingers): a gripper
+        stop would leave that command's franky future unanswered on franky-sim, and a pending future blocks
+        every later gripper command and the process exit."""
         if self._robot is None:
             return
         self._call("stop", self._robot.stop)
-        if self._gripper is not None:
-            try:
-                self._gripper.stop()
-            except self._errors as exc:
-                log.warning("gripper stop failed: %s", exc)
 
     def close(self) -> None:
         """Stop, then release franky's objects while the connection still works. A gripper future wraps a
         std::future whose destructor blocks until the command ends: dropped at interpreter exit it hung (or
-        crashed) the process, so it is waited for here, after the gripper stop made it return."""
+        crashed) the process, so it is waited for here."""
         try:
             self.stop()
         finally:
             future, self._gripper_future = self._gripper_future, None
             if future is not None:
                 try:
-                    future.wait(2.0)
+                    future.wait(5.0)
                 except self._errors as exc:
                     log.warning("gripper command did not finish on close: %s", exc)
             robot, self._robot = self._robot, None
