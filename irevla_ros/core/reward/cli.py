@@ -1,7 +1,7 @@
 """`irevla train-reward`: train the success classifier and save it as a versioned file for reward_node.
 
 Examples:
-  irevla train-reward --sim-episodes 60 --task pick_red_cube --out runs/default/reward/classifier.safetensors
+  irevla train-reward --sim-episodes 60 --task pick --cameras front --out runs/default/reward/classifier.safetensors
   irevla train-reward --frames labelled.safetensors --arch efficientnet_lite0 --image-size 128
   irevla train-reward --episodes runs/default/episodes --cameras front
 """
