@@ -44,6 +44,12 @@ class LoopConfig:
     sft0_steps: int = 400
     """Stage-0 SFT updates (batch 32): about two minutes on 2 CPU cores with the tiny model."""
     sft_every_n_successes: int = 20
+    sft_max_val_mse_ratio: float = 1.05
+    """The packager refuses a stage-2 result whose held-out action error exceeds this times the running
+    model's (the quality gate before a reload)."""
+    stop_after_iterations: int = 0
+    """End the online phase early once this many stage-2 rounds have been reloaded by the policy (0 = run for
+    `minutes`)."""
     sft2_steps: int = 300
     """Stage-2 SFT updates per job (run by the local sft worker)."""
     max_episode_steps: int = 60
@@ -164,9 +170,11 @@ class GraphMonitor:
         except json.JSONDecodeError:
             return
         updates, now = int(state.get("updates", 0)), time.monotonic()
-        self.status.rl_updates = updates
-        if self._last_updates is not None and now > self._last_updates[1]:
-            self.status.updates_per_s = (updates - self._last_updates[0]) / (now - self._last_updates[1])
+        previous = self._last_updates[0] if self._last_updates is not None else 0
+        # a new learner stage (after an SFT reload) counts from 0 again: add what the new stage did
+        self.status.rl_updates += updates - previous if updates >= previous else updates
+        if self._last_updates is not None and now > self._last_updates[1] and updates >= previous:
+            self.status.updates_per_s = (updates - previous) / (now - self._last_updates[1])
         self._last_updates = (updates, now)
 
     def _full(self, msg) -> None:
@@ -175,7 +183,8 @@ class GraphMonitor:
             self.latest_full_path = str(announced["path"])
         except (json.JSONDecodeError, KeyError, TypeError):
             return
-        self.status.full_reloads.append({k: announced.get(k) for k in ("path", "version", "sha256")})
+        self.status.full_reloads.append({**{k: announced.get(k) for k in ("path", "version", "sha256")},
+                                         "versions_seen_before": len(self.status.versions_seen)})
         self.latest_head_after_full = False
         self.status.last_event = f"SFT result announced: {self.latest_full_path}"
 
@@ -186,8 +195,7 @@ class GraphMonitor:
 
     def _version(self, msg) -> None:
         self.status.policy_version = msg.data
-        if msg.data not in self.status.versions_seen:
-            self.status.versions_seen.append(msg.data)
+        self.status.versions_seen.append(msg.data)
 
     def _iteration(self, msg) -> None:
         try:
@@ -221,6 +229,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algorithm", choices=("sac", "ppo"), default=defaults.algorithm, help="stage-1 learner")
     parser.add_argument("--sft-every-n-successes", type=int, default=defaults.sft_every_n_successes,
                         help="stage 1 -> stage 2 after this many successful online episodes")
+    parser.add_argument("--stop-after-iterations", type=int, default=0,
+                        help="end the online phase once this many stage-2 results are running (0 = use --minutes)")
+    parser.add_argument("--sft-max-val-mse-ratio", type=float, default=defaults.sft_max_val_mse_ratio,
+                        help="refuse a stage-2 result whose held-out action error is above this x the current one")
     parser.add_argument("--sft2-steps", type=int, default=defaults.sft2_steps, help="stage-2 SFT updates per job")
     parser.add_argument("--max-episode-steps", type=int, default=defaults.max_episode_steps)
     parser.add_argument("--expert-interventions", action="store_true",
@@ -234,6 +246,8 @@ def run(ns: argparse.Namespace) -> int:
                             sft0_steps=ns.sft0_steps, eval_episodes=ns.eval_episodes, seed=ns.seed,
                             algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
+                            stop_after_iterations=ns.stop_after_iterations,
+                            sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
                             expert_interventions=ns.expert_interventions)
     except ValueError as exc:
         print(f"irevla sim: {exc}", file=sys.stderr)
@@ -394,8 +408,7 @@ class SimLoop:
             "packager_node": {"ros__parameters": {"stage0": False, "model_dir": str(self.sft0_dir),
                                                   "expert_dataset_dirs": str(self.demos_dir),
                                                   "sft_every_n_successes": self.config.sft_every_n_successes,
-                                                  "sft_steps": self.config.sft2_steps,
-                                                  "key_file": str(self.root / "sft_hmac.key")}},
+                                                  "sft_steps": self.config.sft2_steps}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
                                             "demo_dir": str(self.demo_features_dir)}},
             "policy_node": {"ros__parameters": {"max_steps": self.config.max_episode_steps}},
@@ -429,7 +442,8 @@ class SimLoop:
             deadline = time.monotonic() + 60.0 * self.config.minutes
             expert, new = self.config.expert_tasks, self.config.new_tasks
             with Live(status_table(status, expert, new), console=self.console, refresh_per_second=2) as live:
-                while not self._stop.is_set() and waiter.is_alive() and time.monotonic() < deadline:
+                while not self._stop.is_set() and waiter.is_alive() and time.monotonic() < deadline \
+                        and not self._iterations_done(status):
                     live.update(status_table(status, expert, new))
                     self._stop.wait(0.5)
                 live.update(status_table(status, expert, new))
@@ -439,6 +453,14 @@ class SimLoop:
             if code != 0:
                 self._say(f"[online] the graph stopped with code {code}; see {log_path}")
             return code, monitor
+
+    def _iterations_done(self, status: LiveStatus) -> bool:
+        n = self.config.stop_after_iterations
+        if n <= 0 or len(status.full_reloads) < n:
+            return False
+        latest = status.full_reloads[-1]
+        # the policy has published the announced version since the announcement: it runs the new weights
+        return str(latest.get("version")) in status.versions_seen[latest["versions_seen_before"]:]
 
     def run(self) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
