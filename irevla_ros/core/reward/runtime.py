@@ -38,8 +38,9 @@ class RewardNodeConfig:
     """'sensor' (best effort, matches any publisher) or 'reliable' (sim: every frame matters)."""
     max_camera_skew_s: float = 0.1
     """Multi-camera: frames whose stamps differ by more than this are not classified together."""
-    num_threads: int = 2
-    """torch CPU threads for inference."""
+    num_threads: int = 1
+    """torch CPU threads for inference. 1: the classifier is tiny, and on a busy 2-core machine a second intra-op
+    thread spin-waits (measured: CNN 0.9 ms with 1 thread vs 90-150 ms with 2 under load, bench/reward.py)."""
 
     def __post_init__(self) -> None:
         self.cameras = tuple(str(c) for c in self.cameras)
