@@ -157,7 +157,8 @@ def online_rl(args: Mapping[str, str]) -> list[NodeSpec]:
     run_dir = LaunchArg("run_dir")
     nodes = _robot_and_sensors(args)
     nodes += [
-        NodeSpec("reward_node", "reward_node", ("reward_node.yaml",) + simp),
+        NodeSpec("reward_node", "reward_node", ("reward_node.yaml",) + simp,
+                 {"classifier_path": f"{args['run_dir']}/reward/classifier.safetensors"}),
         NodeSpec("policy_node", "policy_node", ("policy_node.yaml",) + simp,
                  {"model_dir": LaunchArg("model_dir"), "run_dir": run_dir},
                  remappings=((itf.ACTION.name, itf.POLICY_ACTION.name),)),
