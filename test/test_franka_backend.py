@@ -229,13 +229,17 @@ def test_watchdog_holds_a_stale_stream(controller, franky_sim):
     _stream(controller, [1.0, 0, 0, 0, 0, 0, 0], 5, rate_hz=20.0)  # fast enough to be moving when it stops
     last_cmd = time.monotonic()
     tick = 0.02
+    longest_tick = tick  # the bound is "timeout + one tick" of the ticks this loop actually managed (shared CPU)
+    previous = time.monotonic()
     while controller.mode == TRACKING:
         controller.update_state()
         controller.tick()
         time.sleep(tick)
-        assert time.monotonic() - last_cmd < 2.0, "watchdog never fired"
+        now = time.monotonic()
+        longest_tick, previous = max(longest_tick, now - previous), now
+        assert now - last_cmd < 2.0, "watchdog never fired"
     assert controller.mode == HOLDING
-    assert controller.hold_latency_s <= controller.config.command_timeout_s + tick + 0.05  # + scheduling slack
+    assert controller.hold_latency_s <= controller.config.command_timeout_s + longest_tick + 0.01
     held = franky_sim.ee_pose()
     time.sleep(0.8)
     drift = np.linalg.norm(franky_sim.ee_pose().position - held.position)
