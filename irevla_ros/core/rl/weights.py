@@ -9,7 +9,6 @@ A receiver checks the digest and the head config before loading (`decode_head_we
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict
 
@@ -18,18 +17,11 @@ import torch
 
 from irevla_ros.core.data.codec import PayloadError, decode, encode
 from irevla_ros.core.model.head import HeadConfig
+from irevla_ros.core.model.weights import HEAD_WEIGHTS_KIND, tensors_sha256
 
-KIND = "head_weights"
-
-
-def state_dict_sha256(tensors: Mapping[str, np.ndarray]) -> str:
-    """Digest over sorted (name, dtype, shape, bytes): independent of the container's byte layout."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
-        h.update(name.encode() + b"\0" + arr.dtype.str.encode() + b"\0" + str(arr.shape).encode() + b"\0")
-        h.update(arr.tobytes())
-    return h.hexdigest()
+KIND = HEAD_WEIGHTS_KIND
+# One digest for the wire format, shared with the policy's decoder (core/model/weights.py).
+state_dict_sha256 = tensors_sha256
 
 
 def head_state_to_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:
