@@ -57,7 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C / the runner's SIGINT: commands keep their state durable as they go (leases expire, episodes are
+        # journalled), so stopping here loses nothing; no traceback for the expected way to stop.
+        print(f"irevla {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
