@@ -85,7 +85,6 @@ class LiveStatus:
     head_versions: int = 0
     full_reloads: list = field(default_factory=list)
     versions_seen: list = field(default_factory=list)
-    interventions: int = 0
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "iteration": self.iteration, "policy_version": self.policy_version,
