@@ -42,6 +42,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
     raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
+@pytest.fixture(autouse=True)
+def normal_scheduling():
+    """libfranka (franky tests, in this process) lifts the thread it runs in to SCHED_FIFO 99 when it can (as root);
+    subprocesses started afterwards would inherit it and starve the machine. Every test starts and ends with the
+    test thread back on SCHED_OTHER."""
+    def reset() -> None:
+        if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+    reset()
+    yield
+    reset()
+
+
 @pytest.fixture(scope="session")
 def ros_env() -> dict[str, str]:
     env = dict(os.environ)

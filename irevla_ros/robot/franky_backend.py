@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -103,6 +104,22 @@ class FrankyRobot(Robot):
             return fn(*args, **kwargs)
         except self._errors as exc:
             raise RobotError(f"{what}: {exc}") from exc
+        finally:
+            self._drop_realtime_priority()
+
+    def _drop_realtime_priority(self) -> None:
+        """libfranka raises the thread it controls from to SCHED_FIFO 99 whenever it may (always, as root). On a
+        real-time kernel (`realtime_config: enforce`) that is the point; without one (`ignore`: franky-sim, tests,
+        a plain kernel) a FIFO-99 ROS thread and every process it spawns starve the rest of the machine (seen:
+        a test session whose later subprocesses all ran FIFO 99 and livelocked). So with `ignore`, the calling
+        thread goes back to SCHED_OTHER after each franky call."""
+        if self.config.realtime_config != "ignore" or not hasattr(os, "sched_getscheduler"):
+            return
+        try:
+            if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
 
     @property
     def robot(self):
@@ -128,6 +145,7 @@ class FrankyRobot(Robot):
                 if time.monotonic() >= deadline:
                     raise RobotError(f"cannot connect to the robot at {self.config.robot_ip}: {exc}") from exc
                 time.sleep(0.5)
+        self._drop_realtime_priority()
         self._call("recover_from_errors", robot.recover_from_errors)
         self._call("set_collision_behavior", robot.set_collision_behavior,
                    list(self.config.collision_torque_thresholds), list(self.config.collision_force_thresholds))
