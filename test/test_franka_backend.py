@@ -7,7 +7,6 @@ them to libfranka. No ROS here: test_franka_node.py covers the node over DDS.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -341,17 +340,3 @@ def test_fast_streams_are_speed_capped(controller):
     third = controller.on_action([1.0, 0, 0, 0, 0, 0, 0], now=t0 + dt + 1.0 / cfg.max_command_rate_hz)
     assert np.linalg.norm(third.position - second.position) == pytest.approx(cfg.max_translation_per_tick)
 
-
-def test_backend_leaves_threads_on_normal_scheduling(franky_sim):
-    """libfranka lifts the thread it runs from to SCHED_FIFO 99 when it can (as root); with realtime_config
-    'ignore' the backend must hand the thread back, or everything this process spawns starves the machine."""
-    robot = FrankyRobot(FrankyConfig(robot_ip=franky_sim.hostname, wait_for_robot_s=10.0))
-    robot.connect()
-    try:
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER
-        state = robot.read_state()
-        robot.move_ee_async(state.ee_position + np.array([0.01, 0.0, 0.0]), state.ee_quaternion)
-        robot.hold()
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER
-    finally:
-        robot.close()
