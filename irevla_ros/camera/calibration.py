@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import yaml
 
 from irevla_ros.camera.handeye import EYE_IN_HAND, MODES, HandEyeResult
 from irevla_ros.camera.transforms import make_transform, matrix_from_quaternion, quaternion_from_matrix
+from irevla_ros.core.data.episodes import atomic_write
 
 FORMAT_VERSION = 1
 _FRAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_/]*$")
@@ -104,16 +103,7 @@ def save_calibration(path: str | Path, calibration: HandEyeCalibration) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = ("# irevla_ros hand-eye calibration (irevla calibrate hand-eye). T_parent_child: translation in m, "
             "quaternion x y z w.\n" + yaml.safe_dump(calibration.to_dict(), sort_keys=False, default_flow_style=None))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode())
     return path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from irevla_ros.core.data.episodes import atomic_write
 from irevla_ros.core.reward.model import ClassifierSpec, RewardClassifier, efficientnet_weights_sha256
 
 META_KEY = "irevla_reward_classifier"
@@ -55,16 +54,7 @@ def save_classifier(classifier: RewardClassifier, path: str | Path) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = classifier_to_bytes(classifier)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
     return json.loads(_read_header(data)[META_KEY])["sha256"]
 
 
