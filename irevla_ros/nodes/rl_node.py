@@ -114,8 +114,10 @@ class RLNode(Node):
     def status_callback(self) -> None:
         with self.lock:
             summary = self.learner.summary()
-            summary.update(resumed_from=self.learner.resumed_from, checkpoint=self.learner.checkpoint_name,
-                           queued=len(self.queue))
+            summary.update(resumed_from=self.learner.resumed_from, resumed=self.learner.resumed_state,
+                           checkpoint=self.learner.checkpoint_name, queued=len(self.queue),
+                           due=self.learner.updates_due(),
+                           transition_publishers=self.count_publishers(itf.TRANSITION.name))
         self.status_pub.publish(String(data=json.dumps(summary)))
 
     def close(self) -> None:
