@@ -33,7 +33,7 @@ from irevla_ros.core.data.codec import PayloadError, Transition
 from irevla_ros.core.model.head import HeadConfig
 from irevla_ros.core.rl.checkpoint import CheckpointError, CheckpointStore
 from irevla_ros.core.rl.config import RLConfig
-from irevla_ros.core.rl.demos import load_demo_episodes
+from irevla_ros.core.rl.demos import demo_features_dir, load_demo_episodes, read_features_marker
 from irevla_ros.core.rl.ppo import PPOLearner, Rollout
 from irevla_ros.core.rl.replay import FLAG_DONE, Batch, ReplayBuffer, ReplayError, bytes_per_transition
 from irevla_ros.core.rl.sac import SACLearner
@@ -110,6 +110,8 @@ class OnlineLearner:
         self.online: ReplayBuffer | None = None
         self.demo: ReplayBuffer | None = None
         self.resumed_from: str | None = None
+        self.resumed_state: dict | None = None
+        """What the run resumed with (version, updates, counters, buffer sizes), before any new training."""
         self.checkpoint_name: str | None = None
         self._updates_at_publish = 0
         self._last_publish = time.monotonic()
@@ -459,16 +461,40 @@ class OnlineLearner:
         if digest != sha256:
             raise ValueError(f"new model {model_dir}: sha256 {digest[:12]}... does not match the announced "
                              f"{str(sha256)[:12]}...")
+        demo_dir = self._stage_demo_dir(model_dir, sha256)
         self.close(checkpoint=True)
         stamp = time.time_ns()
         for name in ("checkpoints", "buffers"):
             if (self.root / name).exists():
                 (self.root / name).rename(self.root / f"{name}.stage-{stamp}")
-        cfg = dataclasses.replace(self.config, init_head=model_dir, resume=False, feature_tokens=0, feature_dim=0)
+        cfg = dataclasses.replace(self.config, init_head=model_dir, resume=False, feature_tokens=0, feature_dim=0,
+                                  demo_dir=demo_dir)
         successor = OnlineLearner(cfg, log=self.log, base_version=str(version))
         successor.checkpoint()  # durable at once: a restart resumes the new stage, not the old one
         self.log(f"new stage from model v{version} ({model_dir}); previous run kept in *.stage-{stamp}")
         return successor
+
+    def _stage_demo_dir(self, model_dir: str, sha256: str) -> str:
+        """The demo features encoded with the new model's backbone (`demo_features_dir(model_dir)`, written by the
+        stage-2 worker), if complete and made by that very model; else the current demo_dir, with a log line."""
+        from irevla_ros.core.model.vla import read_config
+
+        features = demo_features_dir(model_dir)
+        marker = read_features_marker(features)
+        shape = list(read_config(model_dir).feature_shape)
+        if marker is None:
+            why = "none there"
+        elif marker.get("model_sha256") and marker["model_sha256"] != sha256:
+            why = f"they were encoded by another model ({str(marker['model_sha256'])[:12]}...)"
+        elif marker["feature_shape"] != shape:
+            why = f"their features are {marker['feature_shape']}, the model's {shape}"
+        else:
+            self.log(f"demo buffer for the new stage: {marker.get('episodes')} episodes encoded with the new "
+                     f"backbone in {features}")
+            return str(features)
+        self.log(f"no usable demo features for the new model in {features} ({why}); keeping demo_dir "
+                 f"{self.config.demo_dir or '(none)'}: features of the previous backbone")
+        return self.config.demo_dir
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     def checkpoint_due(self, now: float | None = None) -> bool:
@@ -530,6 +556,9 @@ class OnlineLearner:
                 self.algo = None
                 continue
             self.resumed_from = name
+            self.resumed_state = {"checkpoint": name, "version": self.version, "updates": self.algo.updates,
+                                  "counters": dict(self.counters), "online": len(self.online),
+                                  "demo": len(self.demo)}
             lost = self.online.lost_on_resume + self.demo.lost_on_resume
             self.log(f"resumed from {name}: {self.algo.updates} updates, version {self.version}, "
                      f"{len(self.online)} online / {len(self.demo)} demo transitions" +

@@ -181,6 +181,27 @@ def _broadcast(accelerator, obj):
     return box[0]
 
 
+def _write_demo_features(model, body: dict, job_dir: Path, model_dir: Path, model_sha: str,
+                         progress: bool) -> dict | None:
+    """The job's expert demos encoded by the backbone just trained, for the stage-1 learner's demo buffer (the
+    learner never runs the VLM, so the old features would not match the new backbone). Written next to the model
+    folder (`<model>.demo_features/`: in the signed result bundle, outside the model's own manifest), COMPLETE
+    marker naming `model_sha`. A failure is logged and the result published without them: the learner then keeps
+    its previous demo features."""
+    from irevla_ros.core.rl.demos import demo_features_dir, encode_demo_features
+    from irevla_ros.core.sft.jobs import EXPERT
+
+    expert = sorted(i for i, group in body.get("groups", {}).items() if group == EXPERT)
+    target = demo_features_dir(model_dir)
+    try:
+        n = encode_demo_features(model, [job_dir], target, list(body.get("cameras", [])), sources=None,
+                                 episode_ids=expert, model_sha256=model_sha, progress=progress, log=LOG.info)
+    except (ValueError, OSError) as exc:
+        LOG.warning("no demo features for the learner: %s", exc)
+        return None
+    return {"path": target.name, "episodes": n}
+
+
 def process_job(spool: Spool, lease: Lease | None, work: Path, key: bytes, overrides: dict, *, heartbeat_s: float,
                 progress: bool = True, accelerator=None) -> dict | None:
     """Train one claimed job and publish its result. Returns the result body. Raises JobRejected / LeaseLost.
@@ -231,9 +252,11 @@ def process_job(spool: Spool, lease: Lease | None, work: Path, key: bytes, overr
         version = str(body.get("version", ""))
         model_sha = result.model.save_pretrained(out / "model", version=version)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        demos = _write_demo_features(result.model, body, job_dir, out / "model", model_sha, progress)
         res_body = {"version": version, "stage": body.get("stage"), "iteration": body.get("iteration"),
                     "metrics": {k: v for k, v in metrics.items() if k != "val_history"},
-                    "model_path": "model", "model_sha256": model_sha, "base_model": body.get("base_model")}
+                    "model_path": "model", "model_sha256": model_sha, "base_model": body.get("base_model"),
+                    "demo_features": demos}
         if model_sha != folder_sha256(out / "model"):
             raise RuntimeError("the saved model folder changed while publishing")
         if not spool.publish_result(lease, out, res_body):
