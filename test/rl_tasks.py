@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from irevla_ros.core.data.codec import Transition
+from irevla_ros.core.model.head import ActionHead
+from irevla_ros.core.rl import decode_head_weights
 from irevla_ros.interfaces import ACTION_DIM
 
 TOKENS, DIM = 4, 16
@@ -129,3 +131,19 @@ def reach_success_rate(head, env: Reach, n: int = 50) -> float:
             t, f = env.step(f, act(head, f, True)[0])
         wins += t.success
     return wins / n
+
+
+class PolicyStandIn:
+    """Holds the head the policy node would run: the last published weights (version + state dict)."""
+
+    def __init__(self, learner):
+        self.learner = learner
+        self.head = ActionHead(learner.head_config)
+        self.head.load_state_dict(learner.algo.actor.state_dict())
+        self.version = "0"
+
+    def sync(self) -> None:
+        if self.learner.publish_due():
+            tensors, meta = decode_head_weights(self.learner.weights_payload(), expected=self.learner.head_config)
+            self.head.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+            self.version = str(meta["version"])

@@ -15,10 +15,18 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rl_tasks import DIM, TOKENS, Bandit, Reach, act, bandit_success_rate, reach_success_rate  # noqa: E402
+from rl_tasks import (  # noqa: E402
+    DIM,
+    TOKENS,
+    Bandit,
+    PolicyStandIn,
+    Reach,
+    act,
+    bandit_success_rate,
+    reach_success_rate,
+)
 
-from irevla_ros.core.model.head import ActionHead  # noqa: E402
-from irevla_ros.core.rl import OnlineLearner, RLConfig, decode_head_weights  # noqa: E402
+from irevla_ros.core.rl import OnlineLearner, RLConfig  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -37,22 +45,6 @@ def make_learner(tmp_path, algorithm: str, seed: int, **overrides) -> OnlineLear
                demo_capacity_bytes=1 << 20, publish_every_updates=10, tensorboard=False)
     cfg.update(overrides)
     return OnlineLearner(RLConfig(**cfg))
-
-
-class PolicyStandIn:
-    """Holds the head the policy node would run: the last published weights (version + state dict)."""
-
-    def __init__(self, learner: OnlineLearner):
-        self.learner = learner
-        self.head = ActionHead(learner.head_config)
-        self.head.load_state_dict(learner.algo.actor.state_dict())
-        self.version = "0"
-
-    def sync(self) -> None:
-        if self.learner.publish_due():
-            tensors, meta = decode_head_weights(self.learner.weights_payload(), expected=self.learner.head_config)
-            self.head.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
-            self.version = str(meta["version"])
 
 
 @pytest.mark.parametrize("algorithm, episodes", [("sac", 250), ("ppo", 1200)])
