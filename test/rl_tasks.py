@@ -147,3 +147,55 @@ class PolicyStandIn:
             tensors, meta = decode_head_weights(self.learner.weights_payload(), expected=self.learner.head_config)
             self.head.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
             self.version = str(meta["version"])
+
+
+def reference_sac_update(learner, batch) -> dict[str, float]:
+    """The SAC update written with plain module calls (the first-round code: every network pools its own tokens,
+    the critics go through `baddbmm` on an expanded input, the actor reads a frozen critic): the reference that
+    the optimised `SACLearner.update` must reproduce (tests) and is timed against (bench/learner.py)."""
+    from irevla_ros.core.rl.sac import batch_to_torch
+
+    cfg, hc = learner.config, learner.head_config
+    b = batch_to_torch(batch, learner.device)
+    proprio = b["proprio"] if hc.proprio_dim else None
+    next_proprio = b["next_proprio"] if hc.proprio_dim else None
+    alpha = learner.log_alpha.exp().detach()
+
+    def critic(net, features, action, p):
+        pooled = net.encoder.token_learner(features.float()).flatten(1)
+        if hc.proprio_dim:
+            pooled = torch.cat([pooled, p.float()], dim=-1)
+        x = torch.cat([pooled, action], dim=-1)
+        return net.q(x.unsqueeze(0).expand(net.num_critics, -1, -1)).squeeze(-1)
+
+    with torch.no_grad():
+        next_action, next_log_prob, _ = learner.actor.sample(b["next_features"], next_proprio)
+        target_q = critic(learner.critic_target, b["next_features"], next_action, next_proprio)
+        subset = torch.randperm(cfg.num_critics, device=learner.device)[:cfg.critic_subsample]
+        target_q = target_q[subset].min(0).values - alpha * next_log_prob
+        y = b["reward"] + cfg.gamma * (1.0 - b["terminal"]) * target_q
+    q = critic(learner.critic, b["features"], b["action"], proprio)
+    critic_loss = ((q - y) ** 2).mean(1).sum()
+    learner.critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    learner.critic_optimizer.step()
+    stats = {"losses/critic": critic_loss.item(), "charts/q_mean": q.mean().item()}
+    if learner.updates % cfg.actor_update_every == 0:
+        learner.critic.requires_grad_(False)
+        action, log_prob, _ = learner.actor.sample(b["features"], proprio)
+        q_pi = critic(learner.critic, b["features"], action, proprio).mean(0)
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        learner.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        learner.actor_optimizer.step()
+        learner.critic.requires_grad_(True)
+        alpha_loss = -(learner.log_alpha * (log_prob.detach() + learner.target_entropy)).mean()
+        learner.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        learner.alpha_optimizer.step()
+        stats.update({"losses/actor": actor_loss.item(), "charts/entropy": -log_prob.mean().item()})
+    with torch.no_grad():
+        for target, source in zip(learner.critic_target.parameters(), learner.critic.parameters(), strict=True):
+            target.lerp_(source, cfg.tau)
+    learner.updates += 1
+    return stats

@@ -4,6 +4,12 @@ One `update(batch)` = one critic step on a (demo + online) batch, and every `act
 actor step and one temperature step. Target critics follow by Polyak averaging. The target is the minimum of
 `critic_subsample` randomly chosen ensemble members (RLPD), minus the entropy bonus (soft backup).
 Batches come in as numpy (see `replay.Batch`); the caller builds them (50/50 demo/online in `OnlineLearner`).
+
+Speed without changing the update (a test compares it with the plain module calls): the features are normalised
+once per batch and shared by actor, critics and target critics (`networks.normalize_tokens`); the actor's sample on
+the batch is drawn before the critic step (the actor does not change there; the random draws keep their order);
+the actor's loss reads the critic's embedding without a graph and differentiates only the action's path, and
+`torch.autograd.grad` computes only the actor's gradients (no critic weight gradients to compute or discard).
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from irevla_ros.core.model.head import ActionHead, HeadConfig
+from irevla_ros.core.model.head import LOG_STD_MAX, LOG_STD_MIN, ActionHead, HeadConfig
 from irevla_ros.core.rl.config import RLConfig
-from irevla_ros.core.rl.networks import CriticEnsemble
+from irevla_ros.core.rl.networks import CriticEnsemble, normalize_tokens, pool_normalized
 from irevla_ros.core.rl.replay import Batch
 from irevla_ros.core.rl.weights import head_state_to_numpy
 
@@ -44,6 +50,9 @@ class SACLearner:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
         self.updates = 0
+        self._actor_params = list(self.actor.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
 
     @property
     def alpha(self) -> float:
@@ -52,21 +61,40 @@ class SACLearner:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [*self.actor.parameters(), *self.critic.parameters(), self.log_alpha]
 
+    def actor_distribution(self, xhat: torch.Tensor, proprio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`self.actor(features, proprio)` (pre-tanh mean, log_std) given `normalize_tokens(features)`."""
+        pooled = pool_normalized(self.actor.token_learner, xhat).flatten(1)
+        if self.head_config.proprio_dim:
+            pooled = torch.cat([pooled, proprio.to(pooled.dtype)], dim=-1)
+        h = self.actor.trunk(pooled)
+        return self.actor.mean(h), self.actor.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample_action(self, xhat: torch.Tensor, proprio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`self.actor.sample` (action, log_prob) given normalised features: the same reparameterised draw."""
+        mean, log_std = self.actor_distribution(xhat, proprio)
+        pre = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(pre), ActionHead._log_prob(pre, mean, log_std)
+
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         b = batch_to_torch(batch, self.device)
         proprio = b["proprio"] if self.head_config.proprio_dim else None
         next_proprio = b["next_proprio"] if self.head_config.proprio_dim else None
         alpha = self.log_alpha.exp().detach()
+        xhat, next_xhat = normalize_tokens(b["features"]), normalize_tokens(b["next_features"])
+        actor_step = self.updates % cfg.actor_update_every == 0
 
         # Critic: soft Bellman backup against the min of a random subset of the target ensemble.
         with torch.no_grad():
-            next_action, next_log_prob, _ = self.actor.sample(b["next_features"], next_proprio)
-            target_q = self.critic_target(b["next_features"], next_action, next_proprio)
+            next_action, next_log_prob = self.sample_action(next_xhat, next_proprio)
+            target_q = self.critic_target.q_values(self.critic_target.encoder.from_normalized(next_xhat, next_proprio),
+                                                   next_action)
             subset = torch.randperm(cfg.num_critics, device=self.device)[:cfg.critic_subsample]
             target_q = target_q[subset].min(0).values - alpha * next_log_prob
             y = b["reward"] + cfg.gamma * (1.0 - b["terminal"]) * target_q
-        q = self.critic(b["features"], b["action"], proprio)
+        if actor_step:  # the actor is not changed by the critic step: its sample can be drawn now
+            action, log_prob = self.sample_action(xhat, proprio)
+        q = self.critic.q_values(self.critic.encoder.from_normalized(xhat, proprio), b["action"])
         critic_loss = ((q - y) ** 2).mean(1).sum()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -74,16 +102,17 @@ class SACLearner:
         stats = {"losses/critic": critic_loss.item(), "charts/q_mean": q.mean().item(),
                  "charts/target_q": float(y.mean())}
 
-        if self.updates % cfg.actor_update_every == 0:
-            # Actor: maximise mean ensemble Q + entropy; the critic is only read here, not trained.
-            self.critic.requires_grad_(False)
-            action, log_prob, _ = self.actor.sample(b["features"], proprio)
-            q_pi = self.critic(b["features"], action, proprio).mean(0)
+        if actor_step:
+            # Actor: maximise mean ensemble Q (of the updated critic) + entropy; only the actor's gradients.
+            with torch.no_grad():
+                embedding = self.critic.encoder.from_normalized(xhat, proprio)
+            q_pi = self.critic.q_for_actions(embedding, action).mean(0)
             actor_loss = (alpha * log_prob - q_pi).mean()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            params = self._actor_params
+            grads = torch.autograd.grad(actor_loss, params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
             self.actor_optimizer.step()
-            self.critic.requires_grad_(True)
             # Temperature: keep the policy's entropy near the target.
             alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
             self.alpha_optimizer.zero_grad(set_to_none=True)
@@ -93,8 +122,7 @@ class SACLearner:
                           "charts/entropy": -log_prob.mean().item(), "charts/alpha": self.alpha})
 
         with torch.no_grad():
-            for target, source in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
-                target.lerp_(source, cfg.tau)
+            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.updates += 1
         return stats
 
