@@ -98,3 +98,8 @@ SFT_TRIGGER = Endpoint("/packager/sft_now", "std_srvs/srv/Trigger")
 RL_STATUS = Endpoint("/rl/status", "std_msgs/msg/String")
 """JSON, latched, about once a second: {"algorithm", "updates", "version", "online", "demo", "counters",
 "rejected" (reason -> count), "success_rate", "resumed_from", "checkpoint"}."""
+
+# --- reward (issue 8: reward_node). -------------------------------------------------------------------------
+SUCCESS_MARKER = Endpoint("/reward/success_marker", "visualization_msgs/msg/Marker")
+"""For rviz (config/irevla.rviz): ns "reward", id 0 = sphere at the TCP, id 1 = text above it ("SUCCESS p=0.97
+[classifier]"), coloured red -> green by the success probability, blue under a human override; 1 s lifetime."""

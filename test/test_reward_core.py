@@ -306,3 +306,49 @@ def test_frames_from_episode_store_use_step_flags_else_episode_outcome(tmp_path)
     assert f.episodes.tolist() == [0] * 6 + [1] * 5 + [2] * 4
     with pytest.raises(FramesError, match="cameras"):
         frames_from_episode_store(tmp_path / "eps", ("side",))
+
+
+# --- second round: head with a global max-pool, rviz marker style, boundary ("hold") sim episodes ----------------
+def test_global_max_head_roundtrips_and_older_specs_read_without_it(tmp_path):
+    clf = _small(global_max=True)
+    plain = _small(global_max=False)
+    # The max-pooled features are a second input block of the MLP: one reduce_channels-wide slice per camera.
+    extra = clf.spec.reduce_channels
+    assert clf.head.mlp[1].in_features == plain.head.mlp[1].in_features + extra
+    frames = synthetic_frames(n_eps=2, steps=4, size=40).images
+    save_classifier(clf, tmp_path / "c.safetensors")
+    loaded = load_classifier(tmp_path / "c.safetensors")
+    assert loaded.spec.global_max and np.array_equal(loaded.predict_proba(frames), clf.predict_proba(frames))
+    # A first-round file has no global_max key: it reads as the head it was trained with (no max-pool).
+    d = plain.spec.to_dict()
+    del d["global_max"]
+    assert not ClassifierSpec(**d).global_max
+    # And its tensors (saved before the field existed) still load into that head.
+    RewardClassifier(ClassifierSpec(**d)).load_trainable_state_dict(plain.trainable_state_dict())
+
+
+def test_marker_style_colour_follows_probability_and_names_the_decider():
+    from irevla_ros.core.reward.runtime import marker_style
+
+    low, mid, high = marker_style(0.0, 0.0, "classifier"), marker_style(0.5, 0.0, "classifier"), \
+        marker_style(0.97, 1.0, "classifier")
+    assert low.rgba[:2] == (1.0, 0.0) and high.rgba[1] == 1.0 and high.rgba[0] < 0.1
+    assert mid.rgba[:2] == (1.0, 1.0)  # yellow at p = 0.5
+    assert high.text == "SUCCESS  p=0.97  [classifier]" and low.text == "no success  p=0.00  [classifier]"
+    human = marker_style(0.2, 1.0, "human")
+    assert human.rgba[2] > 0.9 and human.text.startswith("SUCCESS") and human.text.endswith("[human]")
+    assert marker_style(float("nan"), 0.0, "ground_truth").text == "no success  p=0.00  [ground_truth]"
+    with pytest.raises(ValueError, match="marker_lifetime_s"):
+        RewardNodeConfig(marker_lifetime_s=-1.0)
+
+
+def test_sim_frames_kind_weights_accept_first_round_mix_and_reject_wrong_counts():
+    from irevla_ros.core.reward.sim_frames import KINDS, SimFramesConfig
+
+    assert KINDS[-1] == "hold"
+    assert SimFramesConfig(kind_weights=(0.4, 0.25, 0.25, 0.1)).kind_weights == (0.4, 0.25, 0.25, 0.1, 0.0)
+    assert len(SimFramesConfig().kind_weights) == len(KINDS) and SimFramesConfig().kind_weights[-1] > 0
+    with pytest.raises(ValueError, match="kind_weights"):
+        SimFramesConfig(kind_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="kind_weights"):
+        SimFramesConfig(kind_weights=(0, 0, 0, 0, -1))

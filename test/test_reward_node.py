@@ -1,6 +1,6 @@
-"""reward_node as a real process over DDS: live images in, success probability and debounced reward out; human
-override; bad images rejected with a reason; a corrupted classifier file refused while the old one keeps running;
-hot reload; ground-truth mode."""
+"""reward_node as a real process over DDS: live images in, success probability and debounced reward out; the rviz
+success marker at the TCP; human override; bad images rejected with a reason; a corrupted classifier file refused
+while the old one keeps running; hot reload; ground-truth mode."""
 
 from __future__ import annotations
 
@@ -74,10 +74,34 @@ def start_node(procs, *params: str):
     return procs.start(["reward_node", "--ros-args", *args], name="reward_node")
 
 
+def check_markers(markers: list, prob: float, reward: float, xyz, source: str) -> None:
+    """The newest sphere (id 0) and text (id 1) of /reward/success_marker describe this decision."""
+    from visualization_msgs.msg import Marker
+
+    sphere = next(m for m in reversed(markers) if m.id == 0)
+    text = next(m for m in reversed(markers) if m.id == 1)
+    assert sphere.type == Marker.SPHERE and text.type == Marker.TEXT_VIEW_FACING
+    assert sphere.ns == text.ns == "reward" and sphere.header.frame_id == itf.BASE_FRAME
+    assert [sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z] == pytest.approx(xyz)
+    assert text.pose.position.z > sphere.pose.position.z
+    verdict = "SUCCESS" if reward else "no success"
+    assert text.text == f"{verdict}  p={prob:.2f}  [{source}]"
+    rgba = (sphere.color.r, sphere.color.g, sphere.color.b)
+    if source == "human":
+        assert rgba[2] > 0.9 and rgba[0] < 0.5  # blue: a person decided
+    elif prob > 0.5:
+        assert rgba[1] == pytest.approx(1.0) and rgba[0] < 1.0  # green side
+    else:
+        assert rgba[0] == pytest.approx(1.0) and rgba[1] < 1.0  # red side
+    assert sphere.lifetime.sec == 1 and text.color.a > 0.5
+
+
 def test_node_rewards_live_images_debounces_overrides_and_survives_bad_files(procs, ros, tmp_path, frames):
+    from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32, String
     from std_srvs.srv import Trigger
+    from visualization_msgs.msg import Marker
 
     from irevla_ros.nodes._common import IMAGE_QOS, STATE_QOS
 
@@ -90,9 +114,13 @@ def test_node_rewards_live_images_debounces_overrides_and_survives_bad_files(pro
     rewards = ros.collect(Float32, itf.REWARD.name, STATE_QOS)
     images = ros.node.create_publisher(Image, itf.camera_image("front").name, IMAGE_QOS)
     labels = ros.node.create_publisher(String, itf.HUMAN_LABEL.name, STATE_QOS)
+    markers = ros.collect(Marker, itf.SUCCESS_MARKER.name, STATE_QOS)
+    ee = ros.node.create_publisher(PoseStamped, itf.EE_POSE.name, STATE_QOS)
     ros.wait_for_subscribers(images, timeout=TIMEOUT)
     ros.wait_for_subscribers(labels, timeout=TIMEOUT)
+    ros.wait_for_subscribers(ee, timeout=TIMEOUT)
     ros.wait_for_publishers(itf.REWARD.name, timeout=TIMEOUT)
+    ros.wait_for_publishers(itf.SUCCESS_MARKER.name, timeout=TIMEOUT)
 
     def send(frame, encoding="rgb8") -> tuple[float, float]:
         n = len(rewards)
@@ -113,6 +141,16 @@ def test_node_rewards_live_images_debounces_overrides_and_survives_bad_files(pro
     got = [send(f) for f in frames[:4]]
     assert np.allclose([p for p, _ in got], expected[:4], atol=1e-5)
     assert got[-1][1] == 1.0
+    # The rviz marker follows each decision: at the TCP once an EE pose arrived, green for a high probability.
+    # (Marker and reward travel on different topics: wait for the marker of the same frame.)
+    tcp = PoseStamped()
+    tcp.header.frame_id = itf.BASE_FRAME
+    tcp.pose.position.x, tcp.pose.position.y, tcp.pose.position.z = 0.5, -0.1, 0.3
+    ee.publish(tcp)
+    wait_for(lambda: (send(frames[0]), markers and markers[-1].pose.position.y == pytest.approx(-0.1))[1], 10,
+             interval=0.2, what="marker at the published TCP")
+    p_last = float(expected[0])
+    check_markers(markers, p_last, 1.0, (0.5, -0.1, 0.3), "classifier")
     # An episode start resets the debouncer: the next frames need 3 in a row again. Events and frames travel on
     # different topics, so resend a frame until the reset shows (reward back to 0), then count.
     ev = ros.node.create_publisher(String, itf.EPISODE_EVENT.name, 500)
@@ -126,6 +164,9 @@ def test_node_rewards_live_images_debounces_overrides_and_survives_bad_files(pro
     labels.publish(String(data="failure"))
     wait_for(lambda: len(rewards) > n, 10, what="reward published on the human label")
     assert rewards[-1].data == 0.0
+    wait_for(lambda: any(m.id == 1 and m.text.endswith("[human]") for m in markers[-2:]), 10,
+             what="human override shown on the marker")
+    check_markers(markers, probs[-1].data, 0.0, (0.5, -0.1, 0.3), "human")
     assert send(frames[4])[1] == 0.0
     labels.publish(String(data="reset"))
     wait_for(lambda: send(frames[5])[1] == 0.0 and send(frames[0])[1] == 0.0 and send(frames[1])[1] == 1.0, 10,

@@ -3,8 +3,9 @@
 Subscribes /cameras/<cam>/color/image_raw (rgb8) for every configured camera, or /sim/success (Bool) when
 ``source: ground_truth``; /reward/human_label (String) overrides; /policy/episode "start" events reset the
 debouncer. Publishes /reward/success_prob and /reward/reward (Float32) once per classified frame (or ground-truth
-message) and at once on a human label. Service ~/reload (Trigger) re-reads the classifier file now; it is also
-re-read when the file changes. A bad file is refused and the previous classifier keeps running.
+message) and at once on a human label, and /reward/success_marker (visualization_msgs/Marker, for rviz) with each:
+a sphere at the TCP (/franka/ee_pose) and a text, coloured by the success probability. Service ~/reload (Trigger)
+re-reads the classifier file now; it is also re-read when the file changes. A bad file is refused and the previous classifier keeps running.
 
 Inference runs in the image callbacks' own callback group (MultiThreadedExecutor), so labels, reloads and the
 reload service are served while a frame is being classified.
@@ -18,16 +19,27 @@ import time
 
 import numpy as np
 import torch
+from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, String
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker
 
 from irevla_ros import interfaces as itf
 from irevla_ros.core.reward.io import ClassifierFileError, ClassifierWatcher
 from irevla_ros.core.reward.model import RewardClassifier
-from irevla_ros.core.reward.runtime import FrameError, RewardGate, RewardNodeConfig, decode_rgb8
+from irevla_ros.core.reward.runtime import (
+    MARKER_FALLBACK_XYZ,
+    MARKER_TEXT_LIFT,
+    FrameError,
+    RewardGate,
+    RewardNodeConfig,
+    decode_rgb8,
+    marker_style,
+)
 from irevla_ros.nodes._common import DATA_QOS, IMAGE_QOS, SENSOR_QOS, STATE_QOS, declare_config, spin_node
 
 PARAMETERS = RewardNodeConfig
@@ -46,6 +58,11 @@ class RewardNode(Node):
         self.rejected: dict[str, int] = {}
         self.prob_pub = self.create_publisher(Float32, itf.SUCCESS_PROB.name, STATE_QOS)
         self.reward_pub = self.create_publisher(Float32, itf.REWARD.name, STATE_QOS)
+        self._ee_pose: PoseStamped | None = None
+        self.marker_pub = None
+        if self.config.publish_marker:
+            self.marker_pub = self.create_publisher(Marker, itf.SUCCESS_MARKER.name, STATE_QOS)
+            self.create_subscription(PoseStamped, itf.EE_POSE.name, self.ee_pose_callback, STATE_QOS)
         self.create_subscription(String, itf.HUMAN_LABEL.name, self.human_label_callback, STATE_QOS)
         self.create_subscription(String, itf.EPISODE_EVENT.name, self.episode_callback, DATA_QOS)
         self.watcher: ClassifierWatcher | None = None
@@ -139,18 +156,51 @@ class RewardNode(Node):
         with self._lock:
             decision = self.gate.update(prob, threshold, source)
             self._last_prob = decision.prob
-            self._publish(decision.prob, decision.reward)
+            self._publish(decision.prob, decision.reward, decision.source)
 
-    def _publish(self, prob: float, reward: float) -> None:
+    def _publish(self, prob: float, reward: float, source: str) -> None:
         self.prob_pub.publish(Float32(data=float(prob)))
         self.reward_pub.publish(Float32(data=float(reward)))
+        if self.marker_pub is not None:
+            self._publish_marker(prob, reward, source)
+
+    # -- rviz marker -----------------------------------------------------------------------------------------
+    def ee_pose_callback(self, msg: PoseStamped) -> None:
+        p = msg.pose.position
+        if np.isfinite([p.x, p.y, p.z]).all():  # a bad pose must not throw the marker to infinity
+            self._ee_pose = msg
+
+    def _publish_marker(self, prob: float, reward: float, source: str) -> None:
+        style = marker_style(prob, reward, source)
+        pose = self._ee_pose
+        frame = pose.header.frame_id if pose is not None and pose.header.frame_id else itf.BASE_FRAME
+        xyz = ((pose.pose.position.x, pose.pose.position.y, pose.pose.position.z) if pose is not None
+               else MARKER_FALLBACK_XYZ)
+        stamp = self.get_clock().now().to_msg()
+        lifetime = Duration(seconds=self.config.marker_lifetime_s).to_msg()
+        # One topic, two markers (ns "reward", ids 0 and 1): rviz keeps both and replaces each on update.
+        for mid, kind, dz, size in ((0, Marker.SPHERE, 0.0, 0.04), (1, Marker.TEXT_VIEW_FACING, MARKER_TEXT_LIFT,
+                                                                     0.04)):
+            m = Marker()
+            m.header.frame_id = frame
+            m.header.stamp = stamp
+            m.ns, m.id, m.type, m.action = "reward", mid, kind, Marker.ADD
+            m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(xyz[0]), float(xyz[1]),
+                                                                       float(xyz[2]) + dz)
+            m.pose.orientation.w = 1.0
+            m.scale.x = m.scale.y = m.scale.z = size  # TEXT uses scale.z as the letter height
+            m.color.r, m.color.g, m.color.b, m.color.a = style.rgba
+            if kind == Marker.TEXT_VIEW_FACING:
+                m.text = style.text
+            m.lifetime = lifetime
+            self.marker_pub.publish(m)
 
     def human_label_callback(self, msg: String) -> None:
         try:
             with self._lock:
                 self.gate.on_human(msg.data)
                 if self.gate.human is not None:
-                    self._publish(self._last_prob, 1.0 if self.gate.human == "success" else 0.0)
+                    self._publish(self._last_prob, 1.0 if self.gate.human == "success" else 0.0, "human")
         except ValueError as exc:
             self.get_logger().warning(f"ignored human label: {exc}")
             return

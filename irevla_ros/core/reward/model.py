@@ -45,6 +45,9 @@ class ClassifierSpec:
     reduce_channels: int = 16
     grid: int = 4
     hidden: int = 64
+    global_max: bool = False
+    """Also feed the MLP a global max-pool of the reduced features (position-free: "a lifted cube anywhere"),
+    next to the coarse grid (position: "the cube in the zone"). Files from before this field read False."""
     encoder_sha256: str = ""
     """For frozen pretrained encoders: sha256 of the weights file the head was trained on."""
     metrics: dict = field(default_factory=dict)
@@ -150,17 +153,23 @@ class SmallCNN(nn.Module):
 class SuccessHead(nn.Module):
     """Per-camera 1x1 reduce + coarse spatial grid, cameras concatenated, MLP -> one logit."""
 
-    def __init__(self, in_channels: int, num_cameras: int, reduce_channels: int, grid: int, hidden: int):
+    def __init__(self, in_channels: int, num_cameras: int, reduce_channels: int, grid: int, hidden: int,
+                 global_max: bool = False):
         super().__init__()
         self.num_cameras = num_cameras
+        self.global_max = global_max
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, reduce_channels, 1), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(grid)
-        self.mlp = nn.Sequential(nn.Dropout(0.1), nn.Linear(num_cameras * reduce_channels * grid * grid, hidden),
+        per_camera = reduce_channels * (grid * grid + (1 if global_max else 0))
+        self.mlp = nn.Sequential(nn.Dropout(0.1), nn.Linear(num_cameras * per_camera, hidden),
                                  nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """feature_maps [B * cameras, C, h, w] -> logits [B]."""
-        x = self.pool(self.reduce(feature_maps)).flatten(1)
+        r = self.reduce(feature_maps)
+        x = self.pool(r).flatten(1)
+        if self.global_max:
+            x = torch.cat([x, r.amax(dim=(2, 3))], dim=1)
         x = x.reshape(-1, self.num_cameras * x.shape[1])
         return self.mlp(x).squeeze(-1)
 
@@ -179,7 +188,7 @@ class RewardClassifier(nn.Module):
             self.encoder = EfficientNetLite0Encoder(spec.image_size)
             self.frozen_encoder = True
         self.head = SuccessHead(self.encoder.out_channels, len(spec.cameras), spec.reduce_channels, spec.grid,
-                                spec.hidden)
+                                spec.hidden, spec.global_max)
 
     # -- preprocessing shared by training and the node -----------------------------------------------------------
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,11 @@ class RewardNodeConfig:
     num_threads: int = 1
     """torch CPU threads for inference. 1: the classifier is tiny, and on a busy 2-core machine a second intra-op
     thread spin-waits (measured: CNN 0.9 ms with 1 thread vs 90-150 ms with 2 under load, bench/reward.py)."""
+    publish_marker: bool = True
+    """Publish /reward/success_marker (visualization_msgs/Marker, rviz): a sphere at the TCP (from /franka/ee_pose)
+    and a text above it, coloured red -> green by the success probability."""
+    marker_lifetime_s: float = 1.0
+    """rviz drops the marker this long after the last update (a stopped node does not leave a stale one)."""
 
     def __post_init__(self) -> None:
         self.cameras = tuple(str(c) for c in self.cameras)
@@ -63,6 +68,33 @@ class RewardNodeConfig:
             raise ValueError(f"max_camera_skew_s must be in (0, 10], got {self.max_camera_skew_s!r}")
         if not 1 <= int(self.num_threads) <= 64:
             raise ValueError(f"num_threads must be in [1, 64], got {self.num_threads!r}")
+        if not (np.isfinite(self.marker_lifetime_s) and 0.0 <= self.marker_lifetime_s <= 3600.0):
+            raise ValueError(f"marker_lifetime_s must be in [0, 3600] (0 = forever), got {self.marker_lifetime_s!r}")
+
+
+# --- The rviz success marker (the node fills a visualization_msgs/Marker from these). -----------------------
+MARKER_FALLBACK_XYZ = (0.45, 0.0, 0.45)
+"""Where the marker sits (m, robot base frame) until an EE pose arrives: above the middle of the workspace."""
+MARKER_TEXT_LIFT = 0.08
+"""The text floats this far (m) above the sphere so the two do not overlap."""
+
+
+@dataclass
+class MarkerStyle:
+    rgba: tuple[float, float, float, float]
+    text: str
+
+
+def marker_style(prob: float, reward: float, source: str) -> MarkerStyle:
+    """Colour red (p = 0) -> yellow -> green (p = 1); the text says p, the reward and who decided it. A human
+    override shows blue, so a viewer sees at a glance that the classifier is not in charge."""
+    p = float(np.clip(prob, 0.0, 1.0)) if np.isfinite(prob) else 0.0
+    if source == "human":
+        rgba = (0.2, 0.4, 1.0, 0.9)
+    else:
+        rgba = (float(min(1.0, 2.0 * (1.0 - p))), float(min(1.0, 2.0 * p)), 0.1, 0.9)
+    verdict = "SUCCESS" if reward >= 0.5 else "no success"
+    return MarkerStyle(rgba, f"{verdict}  p={p:.2f}  [{source}]")
 
 
 class FrameError(ValueError):

@@ -5,7 +5,13 @@ Both classes need variety near the decision boundary, so episodes come in kinds 
 - ``noisy``: expert + Gaussian action noise (sometimes succeeds, sometimes not: labels decide);
 - ``quit``: the expert until a random step short of its usual success, then it opens the gripper and drifts
   (hard negatives: object grasped / almost there, but not done);
-- ``random``: smooth random motion (easy negatives, other arm poses).
+- ``random``: smooth random motion (easy negatives, other arm poses);
+- ``hold``: frames AT the decision boundary. Pick tasks: the expert grasps, then holds the object at a random
+  height around the lift threshold (below it: a held, half-lifted object, a hard negative; above it: a barely
+  lifted success). Other tasks: the expert at a random fraction of its speed, so the approach to success is
+  sampled densely. Without these, the only boundary frames are the one or two an expert passes through in
+  3 cm steps, and the classifier fires a frame early (measured: most false positives were the frame before the
+  first success frame, bench/reward.py).
 Every frame's label is the task's ground-truth success predicate at that frame. ROS-free (irevla_ros.sim is).
 """
 
@@ -19,7 +25,12 @@ import numpy as np
 from irevla_ros.core.reward.data import LabelledFrames
 
 log = logging.getLogger(__name__)
-KINDS = ("expert", "noisy", "quit", "random")
+KINDS = ("expert", "noisy", "quit", "random", "hold")
+HOLD_HEIGHTS = (0.04, 0.13)
+"""Pick ``hold`` episodes: the object's centre is held at a height drawn from this range (m above the table top;
+the task's success threshold is tasks.LIFT_HEIGHT = 0.08)."""
+HOLD_SPEED = (0.25, 0.6)
+"""Other tasks' ``hold`` episodes: the expert's translation/rotation actions are scaled by a factor from here."""
 
 
 @dataclass
@@ -31,8 +42,8 @@ class SimFramesConfig:
     height: int = 96
     width: int = 96
     seed: int = 0
-    kind_weights: tuple[float, float, float, float] = (0.4, 0.25, 0.25, 0.1)
-    """Probability of each kind in KINDS order."""
+    kind_weights: tuple[float, ...] = (0.3, 0.2, 0.2, 0.1, 0.2)
+    """Probability of each kind in KINDS order (four numbers: the first round's mix, no ``hold`` episodes)."""
     post_success_steps: int = 6
     noise: float = 0.5
     """Std of the action noise of ``noisy`` episodes (actions are in [-1, 1])."""
@@ -42,6 +53,9 @@ class SimFramesConfig:
     def __post_init__(self) -> None:
         self.cameras = tuple(self.cameras)
         self.task = self.task or "pick"
+        self.kind_weights = tuple(float(v) for v in self.kind_weights)
+        if len(self.kind_weights) == len(KINDS) - 1:
+            self.kind_weights += (0.0,)
         if self.episodes < 2:
             raise ValueError(f"episodes must be >= 2 (some are held out), got {self.episodes}")
         w = np.asarray(self.kind_weights, dtype=float)
@@ -53,11 +67,14 @@ class SimFramesConfig:
 
 def _episode_actions(kind: str, rng: np.random.Generator, cfg: SimFramesConfig, typical_success: int):
     """A policy closure for one episode: (env, step) -> action."""
-    from irevla_ros.sim.experts import expert_action
+    from irevla_ros.sim.experts import expert_action, family
 
     quit_at = int(rng.uniform(0.4, 0.95) * typical_success)
     drift = rng.normal(0, 0.3, 3)
     smooth = np.zeros(7)
+    # Drawn only for ``hold`` episodes, so the other kinds' random streams stay those of the first round.
+    hold_z = rng.uniform(*HOLD_HEIGHTS) if kind == "hold" else 0.0
+    speed = rng.uniform(*HOLD_SPEED) if kind == "hold" else 1.0
 
     def act(env, k: int) -> np.ndarray:
         nonlocal smooth
@@ -74,10 +91,30 @@ def _episode_actions(kind: str, rng: np.random.Generator, cfg: SimFramesConfig, 
             a[:3] = np.clip(drift + rng.normal(0, 0.2, 3), -1, 1)
             a[6] = -1.0
             return a
+        if kind == "hold":
+            a = expert_action(env)
+            if family(env.task) != "pick":
+                a[:6] *= speed
+                return a
+            obj = env.world.free_position(env.episode.params["object"])
+            rest = 0.03 if "cylinder" in env.episode.params["object"] else 0.025  # centre height on the table + 5 mm
+            if a[6] > 0 and obj[2] > rest:  # grasped and off the table: servo the object to hold_z, not to 0.2 m
+                step = env.controller.config.max_translation_per_tick
+                a[2] = float(np.clip((hold_z - obj[2]) / step, -1.0, 1.0))
+            return a
         smooth = 0.8 * smooth + 0.2 * rng.uniform(-1, 1, 7)
         return np.clip(smooth * 2.0, -1, 1)
 
     return act
+
+
+def _object_height(env) -> float | None:
+    """Pick tasks: the object's centre height (m); None for other task families."""
+    from irevla_ros.sim.experts import family
+
+    if family(env.task) != "pick":
+        return None
+    return float(env.world.free_position(env.episode.params["object"])[2])
 
 
 def generate_sim_frames(cfg: SimFramesConfig, progress: bool = True) -> LabelledFrames:
@@ -103,6 +140,7 @@ def generate_sim_frames(cfg: SimFramesConfig, progress: bool = True) -> Labelled
             succeeded_at = None
             frames_e = [np.stack([obs["images"][c] for c in cfg.cameras])]
             labels_e = [env.success()]
+            settled, prev_z = 0, _object_height(env)
             for k in range(limit):
                 obs, success, _ = env.step(act(env, k))
                 frames_e.append(np.stack([obs["images"][c] for c in cfg.cameras]))
@@ -110,6 +148,12 @@ def generate_sim_frames(cfg: SimFramesConfig, progress: bool = True) -> Labelled
                 if success and succeeded_at is None:
                     succeeded_at = k
                 if succeeded_at is not None and k - succeeded_at >= cfg.post_success_steps:
+                    break
+                # A pick ``hold`` below the threshold never succeeds: stop once it has been held still a while.
+                z = _object_height(env) if kind == "hold" else None
+                held = z is not None and prev_z is not None and z > 0.03 and abs(z - prev_z) < 0.002
+                settled, prev_z = (settled + 1 if held else 0), z
+                if settled > cfg.post_success_steps:
                     break
             images += frames_e
             labels += labels_e

@@ -43,6 +43,9 @@ class TrainConfig:
     """Frozen encoder: feature maps cached per training frame (1 clean + augmented views)."""
     cnn_width: int = 16
     hidden: int = 64
+    grid: int = 4
+    global_max: bool = True
+    """Head: coarse grid of the features + a global max-pool (see ClassifierSpec.global_max)."""
     num_threads: int = 2
     version: str = ""
     """Stored in the classifier file; empty = UTC timestamp."""
@@ -129,6 +132,7 @@ def train_classifier(frames: LabelledFrames, config: TrainConfig, *, progress: b
     log.info("train: %s; validation: %s", train.summary(), val.summary())
     spec = ClassifierSpec(arch=config.arch, cameras=frames.cameras, image_size=config.image_size,
                           frame_size=frames.frame_size, cnn_width=config.cnn_width, hidden=config.hidden,
+                          grid=config.grid, global_max=config.global_max,
                           version=config.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     classifier = RewardClassifier(spec)
     n_cam = len(frames.cameras)
