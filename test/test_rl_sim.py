@@ -26,7 +26,7 @@ from irevla_ros.core.rl import OnlineLearner, RLConfig  # noqa: E402
 GOAL_TOL_M = 0.08  # m: this test's success radius around the target (the sim's reach task uses 4 cm)
 MAX_STEPS = 16  # steps per episode: the scripted expert needs 9-15 from home at <= 3 cm per step
 TOKENS, DIM = 4, 16
-DEMOS, ONLINE_EPISODES, EVAL_LAYOUTS = 6, 30, 8
+DEMOS, ONLINE_EPISODES, EVAL_LAYOUTS = 6, 40, 10
 
 
 @pytest.fixture(scope="module")
