@@ -199,3 +199,12 @@ def reference_sac_update(learner, batch) -> dict[str, float]:
             target.lerp_(source, cfg.tau)
     learner.updates += 1
     return stats
+
+
+def explore_from_scratch(learner, log_std: float = 0.0) -> None:
+    """Make a from-scratch learning test start from a head that explores with std e^log_std for every input,
+    whatever ActionHead's default init of its log_std layer is (a head meant to start from SFT explores narrowly,
+    std ~0.2: PPO then needs several times more episodes on the bandit; these tests are about the learner)."""
+    with torch.no_grad():
+        learner.algo.actor.log_std.weight.zero_()
+        learner.algo.actor.log_std.bias.fill_(log_std)

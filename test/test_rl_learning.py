@@ -23,6 +23,7 @@ from rl_tasks import (  # noqa: E402
     Reach,
     act,
     bandit_success_rate,
+    explore_from_scratch,
     reach_success_rate,
 )
 
@@ -51,6 +52,7 @@ def make_learner(tmp_path, algorithm: str, seed: int, **overrides) -> OnlineLear
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_contextual_bandit_success_rises(tmp_path, algorithm, episodes, seed):
     learner = make_learner(tmp_path, algorithm, seed)
+    explore_from_scratch(learner)
     env, evaluation = Bandit(seed), Bandit(seed + 100)
     evaluation.project = env.project
     policy = PolicyStandIn(learner)
@@ -99,6 +101,7 @@ def test_goal_reaching_sac_from_demonstrations(tmp_path, seed):
 
 def test_goal_reaching_ppo(tmp_path):
     learner = make_learner(tmp_path, "ppo", 0, gamma=0.9, ppo_rollout_steps=256, ppo_minibatch_size=64)
+    explore_from_scratch(learner)
     env, evaluation = Reach(0), Reach(100)
     evaluation.project = env.project
     policy = PolicyStandIn(learner)
