@@ -8,6 +8,7 @@ Real parts: the tiny BLIP-2 VLA (random init), the episode store, the signed fil
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -85,13 +86,20 @@ def test_encode_demo_features_layout_proprio_atomic_and_idempotent(tmp_path):
         assert all(t.intervention for t in steps) and steps[-1].done and steps[-1].terminal
         assert not any(t.done for t in steps[:-1])
 
+    # Leftovers of a killed run (a dead writer's temp folder, a moved-aside old one) go; a live writer's stays.
+    for name in (".feats.tmp-999999999-1", ".feats.old-5-6", f".feats.tmp-{os.getpid()}-7"):
+        (tmp_path / name).mkdir()
     # Idempotent: the same model and demos again -> nothing rewritten.
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert encode_demo_features(model, [store.root], out, ["front"], model_sha256="a" * 64) == 3
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    other = _model(1)
+    assert encode_demo_features(other, [store.root], out, ["front"], model_sha256="c" * 64) == 3
+    live = f".feats.tmp-{os.getpid()}-7"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, "demos", "feats"])
+    (tmp_path / live).rmdir()
 
     # A crash half-way through a new model's encoding leaves the complete old folder and no temporary one.
-    other = _model(1)
     calls = {"n": 0}
     real_encode = other.encode
 
@@ -104,7 +112,7 @@ def test_encode_demo_features_layout_proprio_atomic_and_idempotent(tmp_path):
     other.encode = failing_encode
     with pytest.raises(RuntimeError, match="killed"):
         encode_demo_features(other, [store.root], out, ["front"], model_sha256="b" * 64)
-    assert read_features_marker(out)["model_sha256"] == "a" * 64
+    assert read_features_marker(out)["model_sha256"] == "c" * 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demos", "feats"]
     other.encode = real_encode
     assert encode_demo_features(other, [store.root], out, ["front"], model_sha256="b" * 64) == 3  # replaced

@@ -131,6 +131,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Temporary siblings of `out` left by a killed run (`.name.tmp-<pid>-<ns>` of a dead process, `.name.old-*`)."""
+    for path in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, rest = path.name[len(out.name) + 2:].partition("-")
+        if kind == "tmp":
+            try:
+                os.kill(int(rest.split("-")[0]), 0)
+                continue  # a live process is writing it
+            except PermissionError:
+                continue
+            except (ProcessLookupError, OverflowError, ValueError):
+                pass
+        elif kind != "old":
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def encode_demo_features(model, dataset_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                          cameras: Sequence[str], *, sources: Sequence[str] | None = DEMO_SOURCES,
                          success_only: bool = True, episode_ids: Sequence[str] | None = None,
@@ -183,6 +200,7 @@ def encode_demo_features(model, dataset_dirs: Sequence[str | os.PathLike], out_d
         return int(done.get("episodes", 0))
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir()
     version = str(getattr(model, "version", "") or "")
