@@ -171,7 +171,7 @@ def online_rl(args: Mapping[str, str]) -> list[NodeSpec]:
     if args["sim"] != "none":
         # In simulation the "offboard" SFT worker runs locally; on a real setup it runs on the GPU server.
         nodes.append(NodeSpec("sft_worker", "irevla", kind="process", required=False,
-                              arguments=("sft-worker", "--spool", f"{args['run_dir']}/spool")))
+                              arguments=("sft-worker", "--spool", f"{args['run_dir']}/spool", "--torch-threads", "1")))
     return nodes
 
 

@@ -34,15 +34,17 @@ class LoopConfig:
     run_dir: str = "runs/sim"
     minutes: float = 15.0
     """Wall-clock budget of the online phase (stage 1/2 iterations)."""
-    demos_per_task: int = 20
+    demos_per_task: int = 60
     eval_episodes: int = 10
     seed: int = 0
     algorithm: str = "sac"
     web: bool = False
-    preset: str = "tiny"
+    preset: str = "tiny-sim"
+    proprio_dim: int = 8
+    """Robot state (EE pose + gripper width) fed to the head next to the VLM features (0 = images + text only)."""
     image_size: int = 128
-    sft0_steps: int = 400
-    """Stage-0 SFT updates (batch 32): about two minutes on 2 CPU cores with the tiny model."""
+    sft0_steps: int = 600
+    """Stage-0 SFT updates (batch 32): about three minutes on 2 CPU cores with the tiny-sim model."""
     sft_every_n_successes: int = 20
     sft_max_val_mse_ratio: float = 1.05
     """The packager refuses a stage-2 result whose held-out action error exceeds this times the running
@@ -52,21 +54,33 @@ class LoopConfig:
     `minutes`)."""
     sft2_steps: int = 300
     """Stage-2 SFT updates per job (run by the local sft worker)."""
-    max_episode_steps: int = 60
+    max_episode_steps: int = 40
     expert_interventions: bool = False
     """The scripted expert takes over through /teleop/action like a human teleoperator (interventions), so
     online episodes succeed: a quick way to see stage 2 and the reload happen (used by the loop test)."""
-    expert_tasks: tuple[str, ...] = ("reach",)
-    new_tasks: tuple[str, ...] = ("reach_novel",)
+    torch_threads: int = 1
+    """Torch CPU threads of this process (stage-0 SFT, evaluation). 1 is the robust choice on a small shared CPU:
+    with 2 threads and any other load, stage-0 SFT steps took 5 s instead of 0.3 s (thread oversubscription)."""
+    expert_tasks: tuple[str, ...] = ("button",)
+    new_tasks: tuple[str, ...] = ("button_novel",)
+    """Expert task (demos exist) and new task (unseen button colours): one object to localise, so a tiny VLM
+    trained from scratch on a CPU can learn it (reach: three balls, pick: grasping, are much harder)."""
 
     def __post_init__(self) -> None:
         if not (0.0 < self.minutes <= 24 * 60):
             raise ValueError(f"minutes must be in (0, 1440], got {self.minutes}")
-        for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps"):
+        for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
+                     "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.algorithm not in ("sac", "ppo"):
             raise ValueError(f"algorithm must be sac or ppo, got {self.algorithm!r}")
+        from irevla_ros.sim.tasks import get_task
+
+        if not self.expert_tasks:
+            raise ValueError("expert_tasks must name at least one task")
+        for task in (*self.expert_tasks, *self.new_tasks):
+            get_task(task)  # ValueError naming the known tasks
 
 
 @dataclass
@@ -236,6 +250,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episode-steps", type=int, default=defaults.max_episode_steps)
     parser.add_argument("--expert-interventions", action="store_true",
                         help="the scripted expert intervenes like a teleoperator (shows stage 2 quickly)")
+    parser.add_argument("--expert-tasks", nargs="+", default=list(defaults.expert_tasks),
+                        help="tasks with scripted demos (stage-0 SFT, and evaluated as 'expert')")
+    parser.add_argument("--new-tasks", nargs="+", default=list(defaults.new_tasks),
+                        help="tasks without demos (online RL only; evaluated as 'new')")
     parser.add_argument("--web", action="store_true", help="also serve the Foxglove live view on localhost")
 
 
@@ -247,7 +265,8 @@ def run(ns: argparse.Namespace) -> int:
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
                             stop_after_iterations=ns.stop_after_iterations,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
-                            expert_interventions=ns.expert_interventions)
+                            expert_interventions=ns.expert_interventions,
+                            expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks))
     except ValueError as exc:
         print(f"irevla sim: {exc}", file=sys.stderr)
         return 2
@@ -276,7 +295,9 @@ class SimLoop:
 
     @property
     def demo_features_dir(self) -> Path:
-        return self.root / "demo_features" / "sft0"
+        from irevla_ros.core.rl.demos import demo_features_dir
+
+        return demo_features_dir(self.sft0_dir)
 
     # --- stage 0 (cached) ------------------------------------------------------------------------------------
     def record_demos(self) -> None:
@@ -317,7 +338,8 @@ class SimLoop:
         train_set = StepDataset(episodes[held_out:], CAMERAS)
         val_set = StepDataset(episodes[:held_out], CAMERAS)
         torch.manual_seed(self.config.seed)
-        model = VLAModel.from_preset(self.config.preset, num_cameras=len(CAMERAS), seed=self.config.seed)
+        model = VLAModel.from_preset(self.config.preset, num_cameras=len(CAMERAS), seed=self.config.seed,
+                                     head={"proprio_dim": self.config.proprio_dim})
         self._say(f"[stage 0] SFT (full fine-tuning of the random-init {self.config.preset} VLA) on "
                            f"{len(train_set)} steps from {len(episodes) - held_out} demos, {self.config.sft0_steps} "
                            "updates")
@@ -333,36 +355,12 @@ class SimLoop:
 
     def demo_features(self) -> None:
         """Features of the expert demos under the SFT-0 backbone, for the learner's demo buffer (RLPD): the
-        learner never runs the VLM, so they are computed once here."""
-        import numpy as np
-        import torch
+        learner never runs the VLM, so they are computed once here (stage-2 workers do the same for their models)."""
+        from irevla_ros.core.model.vla import VLAModel, folder_sha256
+        from irevla_ros.core.rl.demos import encode_demo_features
 
-        from irevla_ros.core.data.codec import Transition
-        from irevla_ros.core.data.episodes import EpisodeStore, decode_image
-        from irevla_ros.core.model.vla import VLAModel
-
-        done_marker = self.demo_features_dir / "COMPLETE"
-        if done_marker.exists():
-            return
-        self.demo_features_dir.mkdir(parents=True, exist_ok=True)
-        model = VLAModel.from_pretrained(self.sft0_dir)
-        store = EpisodeStore(self.demos_dir)
-        infos = store.episodes(source="expert", success=True)
-        for info in infos:
-            ep = store.load(info)
-            n = len(ep)
-            for i in range(n):
-                images = [torch.from_numpy(decode_image(ep.images[c][i]))[None] for c in CAMERAS]
-                with torch.inference_mode():
-                    features = model.encode(images, [info.task])[0].float().numpy().astype(np.float16)
-                last = i == n - 1
-                t = Transition(episode_id=f"demo-{info.episode_id}", step=i, features=features,
-                               action=np.clip(ep.action[i], -1, 1).astype(np.float32), reward=float(ep.reward[i]),
-                               done=last, terminal=last and bool(info.success), success=bool(ep.success[i]),
-                               intervention=True, policy_version="sft0", task=info.task)
-                (self.demo_features_dir / f"{info.episode_id}-{i:05d}.transition").write_bytes(t.to_bytes())
-        done_marker.write_text(str(len(infos)))
-        self._say(f"[stage 0] demo features for the learner: {len(infos)} episodes")
+        encode_demo_features(VLAModel.from_pretrained(self.sft0_dir), [self.demos_dir], self.demo_features_dir,
+                             list(CAMERAS), model_sha256=folder_sha256(self.sft0_dir), progress=True, log=self._say)
 
     # --- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, model, label: str) -> dict[str, float]:
@@ -462,8 +460,36 @@ class SimLoop:
         # the policy has published the announced version since the announcement: it runs the new weights
         return str(latest.get("version")) in status.versions_seen[latest["versions_seen_before"]:]
 
+    STAGE0_KEYS = ("preset", "proprio_dim", "image_size", "seed", "demos_per_task", "sft0_steps", "expert_tasks")
+
+    def check_stage0_cache(self) -> None:
+        """A run folder's cached demos and SFT-0 model belong to the settings that made them: refuse to mix."""
+        path = self.root / "stage0_settings.json"
+        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()
+                  if k in self.STAGE0_KEYS}
+        if path.exists():
+            cached = json.loads(path.read_text())
+            changed = sorted(k for k in wanted if cached.get(k) != wanted[k])
+            if changed:
+                raise ValueError(f"{self.root} was prepared with other stage-0 settings ({', '.join(changed)}: "
+                                 f"{[cached.get(k) for k in changed]} != {[wanted[k] for k in changed]}); use a new "
+                                 "--run-dir or delete this one")
+        elif (self.root / "demos").exists() or self.sft0_dir.exists():
+            raise ValueError(f"{self.root} holds stage-0 data of unknown settings (from an older version); use a "
+                             "new --run-dir or delete this one")
+        else:
+            path.write_text(json.dumps(wanted, indent=2))
+
     def run(self) -> int:
+        import torch
+
+        torch.set_num_threads(self.config.torch_threads)
         self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.check_stage0_cache()
+        except ValueError as exc:
+            self._say(f"irevla sim: {exc}")
+            return 2
         (self.root / "loop_config.json").write_text(json.dumps(asdict(self.config), indent=2))
         self.record_demos()
         self.stage0_sft()

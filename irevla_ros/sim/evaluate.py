@@ -27,6 +27,11 @@ class TaskResult:
         return self.successes / self.episodes if self.episodes else 0.0
 
 
+def proprio_of(obs: dict) -> np.ndarray:
+    """A SimEnv observation as the policy node's 8-D proprio (x y z qx qy qz qw gripper_width)."""
+    return np.concatenate([obs["ee_position"], obs["ee_quaternion"], [obs["gripper_width"]]]).astype(np.float32)
+
+
 def evaluate_policy(model, tasks: Sequence[str], episodes: int, *, image_size: int = 128,
                     cameras: Sequence[str] = ("wrist", "front"), seed: int = EVAL_SEED_BASE,
                     max_steps: int | None = None, progress=None) -> dict[str, TaskResult]:
@@ -45,7 +50,7 @@ def evaluate_policy(model, tasks: Sequence[str], episodes: int, *, image_size: i
                 for _ in range(limit):
                     images = [torch.from_numpy(np.ascontiguousarray(obs["images"][c]))[None] for c in env.cameras]
                     with torch.inference_mode():
-                        out = model.act(images, [obs["instruction"]], stochastic=False)
+                        out = model.act(images, [obs["instruction"]], proprio_of(obs)[None], stochastic=False)
                     obs, success, info = env.step(np.clip(out.action[0], -1.0, 1.0))
                     if success or info.get("timeout"):
                         break

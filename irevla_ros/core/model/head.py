@@ -18,6 +18,10 @@ from torch.nn import functional as F
 from irevla_ros.interfaces import ACTION_DIM
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+INIT_LOG_STD = -1.5
+"""Exploration noise of a new head: std 0.22 before tanh, the same for every input. SFT fits only the mean (MSE),
+so this is the noise stage-1 RL starts from; a default init (log_std ~ 0, std ~ 1) made online actions nearly
+uniform in [-1, 1] and a SFT'd policy almost never succeeded while exploring."""
 
 
 @dataclass
@@ -67,6 +71,8 @@ class ActionHead(nn.Module):
         )
         self.mean = nn.Linear(config.hidden_dim, config.action_dim)
         self.log_std = nn.Linear(config.hidden_dim, config.action_dim)
+        nn.init.zeros_(self.log_std.weight)
+        nn.init.constant_(self.log_std.bias, INIT_LOG_STD)
 
     def embed(self, features: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
         pooled = self.token_learner(features.to(self.mean.weight.dtype)).flatten(1)
