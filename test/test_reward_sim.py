@@ -11,23 +11,33 @@ from irevla_ros.core.reward.metrics import roc_auc
 from irevla_ros.core.reward.sim_frames import SimFramesConfig, generate_sim_frames
 from irevla_ros.core.reward.train import predict_frames
 
-# Bars for this small, fast setup (20 training episodes, front camera, CNN from scratch, 15 epochs): what it
-# reaches reliably, NOT the issue's targets (P >= 0.95, R >= 0.90), which bench/reward.py measures with more data.
-# Recall at the chosen threshold is the weak point: the threshold is picked for precision 0.97 on 5 validation
-# episodes, and a hovering gripper in front of the cube (single front view, no depth) looks like a lift.
-MIN_AUC = 0.90
-MIN_PRECISION = 0.85
-MIN_RECALL = 0.05
-FRAME = 96  # rendered size; the classifier input is 64 (area-downsampled: sub-pixel detail survives)
-INPUT = 64
+# Bars for this small, fast setup: TRAIN_EPISODES training episodes (the default mix, incl. boundary "hold"
+# episodes), front camera at 128x128 as sim_world publishes it, a narrow CNN from scratch, EPOCHS epochs, one torch
+# thread. Set below what training seeds 0-4 reached on these held-out episodes (measured on the shared 2-core box:
+# AUC 0.994-0.998, precision 0.934-0.981, recall 0.671-0.937, 6-7 of 8 successful episodes rewarded, no failed one;
+# ~30 s CPU to render the episodes once, ~11 s CPU per seed). The issue's targets (P >= 0.95, R >= 0.90) are
+# measured by bench/reward.py with 100 training episodes, a wider CNN and a 96-pixel input (docs/reward.md).
+MIN_AUC = 0.985
+MIN_PRECISION = 0.90
+MIN_RECALL = 0.60
+MIN_EPISODE_RECALL = 0.7  # fraction of successful held-out episodes the debounced reward fires on
+FRAME = 128  # rendered size (sim_world's default); the classifier input is 64, area-downsampled: the sub-pixel
+INPUT = 64  # detail of the 128 render survives, which 96-pixel renders lose (docs/reward.md)
+TRAIN_EPISODES, TEST_EPISODES = 60, 12
+EPOCHS = 12
+CNN_WIDTH = 8
+
+
+def make_sim_data():
+    common = dict(task="pick", cameras=("front",), height=FRAME, width=FRAME, post_success_steps=10, max_steps=40)
+    train = generate_sim_frames(SimFramesConfig(episodes=TRAIN_EPISODES, seed=1, **common), progress=False)
+    test = generate_sim_frames(SimFramesConfig(episodes=TEST_EPISODES, seed=2, **common), progress=False)
+    return train, test
 
 
 @pytest.fixture(scope="module")
 def sim_data():
-    common = dict(task="pick", cameras=("front",), height=FRAME, width=FRAME, post_success_steps=10, max_steps=40)
-    train = generate_sim_frames(SimFramesConfig(episodes=20, seed=1, **common), progress=False)
-    test = generate_sim_frames(SimFramesConfig(episodes=8, seed=2, **common), progress=False)
-    return train, test
+    return make_sim_data()  # rendered once per test session module: the slow part
 
 
 def test_sim_frames_have_both_classes_and_ground_truth_labels(sim_data):
@@ -51,19 +61,25 @@ def episode_decisions(probs, frames, threshold: float, k: int = 3) -> tuple[np.n
     return np.array(truth), np.array(fired)
 
 
+def train_and_judge(train, test, seed: int):
+    """Train with `seed`, judge on the held-out episodes: (metrics, auc, truth, fired, validation metrics)."""
+    result = train_classifier(train, TrainConfig(image_size=INPUT, epochs=EPOCHS, batch_size=32, cnn_width=CNN_WIDTH,
+                                                 seed=seed, target_precision=0.97, num_threads=1), progress=False)
+    probs = predict_frames(result.classifier, test)
+    threshold = result.classifier.spec.threshold
+    truth, fired = episode_decisions(probs, test, threshold)
+    return evaluate(probs, test.labels, threshold), roc_auc(probs, test.labels), truth, fired, result.val
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_classifier_trained_on_sim_frames_meets_bars_on_held_out_episodes(sim_data, seed):
     train, test = sim_data
-    result = train_classifier(train, TrainConfig(image_size=INPUT, epochs=15, batch_size=32, cnn_width=8,
-                                                 seed=seed, target_precision=0.97, num_threads=2), progress=False)
-    probs = predict_frames(result.classifier, test)
-    threshold = result.classifier.spec.threshold
-    m = evaluate(probs, test.labels, threshold)
-    auc = roc_auc(probs, test.labels)
-    truth, fired = episode_decisions(probs, test, threshold)
-    print(f"seed {seed}: validation {result.val.line()} | held-out {m.line()} auc {auc:.3f} | episodes: "
+    m, auc, truth, fired, val = train_and_judge(train, test, seed)
+    print(f"seed {seed}: validation {val.line()} | held-out {m.line()} auc {auc:.3f} | episodes: "
           f"truth {truth.astype(int)} fired {fired.astype(int)}")
     assert auc >= MIN_AUC, f"held-out ROC AUC {auc:.3f}"
     assert m.precision >= MIN_PRECISION, m.line()
     assert m.recall >= MIN_RECALL, m.line()
     assert not (fired & ~truth).any(), "a failed held-out episode would have been rewarded"
+    # Most successful held-out episodes are recognised (k = 3 consecutive frames): the reward actually arrives.
+    assert (fired & truth).sum() >= MIN_EPISODE_RECALL * truth.sum(), (truth, fired)

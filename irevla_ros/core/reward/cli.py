@@ -1,7 +1,7 @@
 """`irevla train-reward`: train the success classifier and save it as a versioned file for reward_node.
 
 Examples:
-  irevla train-reward --sim-episodes 60 --task pick --cameras front --out runs/default/reward/classifier.safetensors
+  irevla train-reward --sim-episodes 100 --task pick --cameras front --out runs/default/reward/classifier.safetensors
   irevla train-reward --frames labelled.safetensors --arch efficientnet_lite0 --image-size 128
   irevla train-reward --episodes runs/default/episodes --cameras front
 """
@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "ground truth)")
     src.add_argument("--task", default="", help="sim task name for --sim-episodes (default: the first task)")
     src.add_argument("--sim-seed", type=int, default=0, help="first episode seed for --sim-episodes")
-    src.add_argument("--frame-size", type=int, nargs=2, default=(96, 96), metavar=("H", "W"),
-                     help="sim render size for --sim-episodes (use your camera node's size)")
+    src.add_argument("--frame-size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"),
+                     help="sim render size for --sim-episodes: your camera node's output size (sim_world and "
+                          "camera_node publish 128x128; the node refuses frames of another size)")
     src.add_argument("--save-frames", default="", metavar="FILE", help="also save the labelled frames used")
     src.add_argument("--cameras", nargs="+", default=["front"], help="cameras the classifier looks at, in order")
 
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--arch", choices=("cnn", "efficientnet_lite0"), default="cnn",
                        help="small CNN from scratch, or frozen ImageNet EfficientNet-lite0 (from its PyPI wheel) + "
                             "head")
-    model.add_argument("--image-size", type=int, default=64, help="classifier input side (efficientnet: /32)")
+    model.add_argument("--image-size", type=int, default=96,
+                       help="classifier input side (frames are area-resized to it; efficientnet: a multiple of 32)")
     model.add_argument("--epochs", type=int, default=15)
     model.add_argument("--batch-size", type=int, default=64)
     model.add_argument("--lr", type=float, default=2e-3)
