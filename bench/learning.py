@@ -60,6 +60,10 @@ class Budget:
     sft2_steps: int = 300
     sft2_mode: str = "lora"
     utd: float = 1.0
+    actor_warmup: int = 500
+    """Critic-only updates before the actor moves (RLConfig.actor_warmup_updates)."""
+    bc_coef: float = 1.0
+    """Behaviour-cloning anchor on demo rows in the actor loss (RLConfig.bc_coef)."""
     batch: int = 128
     warmup: int = 128
     eval_episodes: int = 20
@@ -100,7 +104,8 @@ class Stage1:
         self.model, self.budget, self.seed, self.whole = model, budget, seed, whole
         cfg = RLConfig(run_dir=str(work), demo_dir=str(demos), init_head=str(model_dir), resume=False, seed=seed,
                        proprio_dim=model.config.head.proprio_dim, batch_size=budget.batch, utd_ratio=budget.utd,
-                       warmup_transitions=budget.warmup, tensorboard=False, checkpoint_every_s=1e9,
+                       warmup_transitions=budget.warmup, actor_warmup_updates=budget.actor_warmup,
+                       bc_coef=budget.bc_coef, tensorboard=False, checkpoint_every_s=1e9,
                        torch_threads=0, num_learned_tokens=model.config.head.num_learned_tokens,
                        hidden_dim=model.config.head.hidden_dim)
         self.learner = OnlineLearner(cfg)
@@ -270,7 +275,7 @@ def main(argv=None) -> int:
                        default=getattr(defaults, f.name))
     args = p.parse_args(argv)
     budget = Budget(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budget)})
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads on a busy 2-core machine made SFT steps ~15x slower (docs/sim.md)
     work = Path(args.work or tempfile.mkdtemp(prefix="irevla-learning-"))
     work.mkdir(parents=True, exist_ok=True)
 

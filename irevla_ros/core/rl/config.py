@@ -76,6 +76,10 @@ class RLConfig:
     token) or token_learner (the actor's architecture). Training-only: the deployed actor is unaffected."""
     actor_update_every: int = 1
     """Actor + temperature step every N critic steps (delayed policy updates)."""
+    actor_warmup_updates: int = 0
+    """Critic-only updates before the first actor step. From an SFT'd head, a critic trained from scratch pulls the
+    actor off the demonstrated behaviour while its Q values are still noise (seen in `irevla sim`: online success
+    fell from the SFT policy's ~20 % to ~1 %); a warm-up lets the critic learn first."""
 
     # --- PPO (simulation option) ----------------------------------------------------------------------------
     ppo_rollout_steps: int = 512
@@ -91,7 +95,8 @@ class RLConfig:
     ppo_max_policy_lag: int = 1
     """Drop transitions acted by a head older than (published version - lag); counted as 'stale_policy'."""
     bc_coef: float = 0.0
-    """PPO only: weight of a behaviour-cloning term on demo-buffer batches (0 = off)."""
+    """Weight of a behaviour-cloning term in the actor loss (0 = off). PPO: on demo-buffer batches. SAC: squared
+    action error on the batch's demo/intervention rows (TD3+BC-style anchor to the demonstrations)."""
 
     # --- publishing weights ---------------------------------------------------------------------------------
     publish_every_updates: int = 50
@@ -134,7 +139,7 @@ class RLConfig:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("feature_tokens", "feature_dim", "proprio_dim", "torch_threads", "warmup_transitions",
-                     "checkpoint_every_updates", "ppo_max_policy_lag"):
+                     "checkpoint_every_updates", "ppo_max_policy_lag", "actor_warmup_updates"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.critic_subsample > self.num_critics:

@@ -82,7 +82,7 @@ class SACLearner:
         next_proprio = b["next_proprio"] if self.head_config.proprio_dim else None
         alpha = self.log_alpha.exp().detach()
         xhat, next_xhat = normalize_tokens(b["features"]), normalize_tokens(b["next_features"])
-        actor_step = self.updates % cfg.actor_update_every == 0
+        actor_step = self.updates % cfg.actor_update_every == 0 and self.updates >= cfg.actor_warmup_updates
 
         # Critic: soft Bellman backup against the min of a random subset of the target ensemble.
         with torch.no_grad():
@@ -108,6 +108,8 @@ class SACLearner:
                 embedding = self.critic.encoder.from_normalized(xhat, proprio)
             q_pi = self.critic.q_for_actions(embedding, action).mean(0)
             actor_loss = (alpha * log_prob - q_pi).mean()
+            if cfg.bc_coef > 0:
+                actor_loss = actor_loss + cfg.bc_coef * self._bc_loss(xhat, proprio, b)
             params = self._actor_params
             grads = torch.autograd.grad(actor_loss, params)
             for p, g in zip(params, grads, strict=True):
@@ -125,6 +127,15 @@ class SACLearner:
             torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.updates += 1
         return stats
+
+    def _bc_loss(self, xhat: torch.Tensor, proprio: torch.Tensor | None, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Squared error of the deterministic action to the demonstrated one on the batch's demo/intervention rows
+        (TD3+BC-style anchor: keeps the SFT'd actor near the demos while the critic is still rough)."""
+        rows = b["intervention"] > 0.5
+        if not bool(rows.any()):
+            return torch.zeros((), device=self.device)
+        mean, _ = self.actor_distribution(xhat[rows], proprio[rows] if proprio is not None else None)
+        return ((torch.tanh(mean) - b["action"][rows]) ** 2).mean()
 
     # --- actor <-> policy -----------------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
