@@ -5,7 +5,8 @@ Subscribes /cameras/<cam>/color/image_raw (rgb8) for every configured camera, or
 debouncer. Publishes /reward/success_prob and /reward/reward (Float32) once per classified frame (or ground-truth
 message) and at once on a human label, and /reward/success_marker (visualization_msgs/Marker, for rviz) with each:
 a sphere at the TCP (/franka/ee_pose) and a text, coloured by the success probability. Service ~/reload (Trigger)
-re-reads the classifier file now; it is also re-read when the file changes. A bad file is refused and the previous classifier keeps running.
+re-reads the classifier file now; it is also re-read when the file changes. A bad file is refused and the previous
+classifier keeps running.
 
 Inference runs in the image callbacks' own callback group (MultiThreadedExecutor), so labels, reloads and the
 reload service are served while a frame is being classified.
