@@ -99,6 +99,8 @@ def main() -> int:
     p.add_argument("--cnn-size", type=int, default=96, help="classifier input side for the CNN")
     p.add_argument("--effnet-size", type=int, default=128, help="classifier input side for EfficientNet-lite0")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="fraction of the training EPISODES held out to pick the threshold")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--train-threads", type=int, default=1,
                    help="torch threads for training (1: a second thread spin-waits on a busy 2-core box, ~10x slower)")
@@ -123,6 +125,7 @@ def main() -> int:
             size = args.cnn_size if arch == "cnn" else args.effnet_size
             t = time.perf_counter()
             result = train_classifier(train, TrainConfig(arch=arch, image_size=size, epochs=args.epochs, seed=seed,
+                                                         val_fraction=args.val_fraction,
                                                          num_threads=args.train_threads), progress=True)
             torch.set_num_threads(2)
             train_s = time.perf_counter() - t
