@@ -284,3 +284,32 @@ def test_random_start_is_reproducible_and_experts_cope():
         while not done and e.steps < e.max_steps:
             _, done, _ = e.step(expert_action(e))
         assert done
+
+
+def test_dart_demos_execute_noisy_actions_but_record_the_clean_expert(tmp_path):
+    """`irevla demos --dart-noise`: the arm is pushed off the expert's path, the label stays the expert's action for
+    the state actually reached (what lets behaviour cloning learn to recover); --action-noise records the noise."""
+    import argparse
+
+    from irevla_ros.core.data.episodes import EpisodeStore
+    from irevla_ros.sim import demos
+
+    def record(out, dart: float, noise: float):
+        ns = argparse.Namespace(task=["button"], episodes=1, out=str(out), seed=3, image_size=32, cameras=["wrist"],
+                                action_noise=noise, dart_noise=dart, keep_failures=True, max_attempts=1,
+                                image_format="png")
+        demos.run(ns)
+        store = EpisodeStore(out)
+        return store.load(store.episodes()[0])
+
+    clean, dart, noisy = record(tmp_path / "c", 0, 0), record(tmp_path / "d", 0.5, 0), record(tmp_path / "n", 0, 0.5)
+    with SimEnv("button", seed=3, image_size=32, cameras=()) as env:
+        env.reset(seed=3)
+        first = expert_action(env)
+    np.testing.assert_allclose(clean.action[0], first, atol=1e-6)
+    np.testing.assert_allclose(dart.action[0], first, atol=1e-6)  # label: the clean expert action
+    assert np.abs(noisy.action[0] - first).max() > 0.05  # action noise is recorded as given
+    # the executed noise moved the arm: later states (and so labels) differ from the clean run
+    n = min(len(clean), len(dart))
+    assert np.abs(dart.state[1:n] - clean.state[1:n]).max() > 1e-3
+    assert dart.info.extra["dart_noise"] == 0.5

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", nargs="+", default=list(CAMERA_NAMES), choices=list(CAMERA_NAMES))
     parser.add_argument("--action-noise", type=float, default=0.0,
                         help="std of Gaussian noise added to the executed (and recorded) expert action")
+    parser.add_argument("--dart-noise", type=float, default=0.0,
+                        help="std of Gaussian noise added to the EXECUTED action while the clean expert action is "
+                        "recorded (DART): the demos then also show how to recover from small mistakes")
     parser.add_argument("--keep-failures", action="store_true", help="also store episodes that did not succeed")
     parser.add_argument("--max-attempts", type=int, default=0, help="give up after this many attempts per task "
                         "(0 = 2 x episodes)")
@@ -65,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise SystemExit("irevla demos: --episodes must be >= 1")
-    if not (np.isfinite(args.action_noise) and 0.0 <= args.action_noise <= 1.0):
-        raise SystemExit("irevla demos: --action-noise must be in [0, 1]")
+    for name in ("action_noise", "dart_noise"):
+        value = getattr(args, name, 0.0)
+        if not (np.isfinite(value) and 0.0 <= value <= 1.0):
+            raise SystemExit(f"irevla demos: --{name.replace('_', '-')} must be in [0, 1]")
     tasks = _tasks(args.task)
     writer = EpisodeWriter(args.out, image_format=args.image_format)
     rng = np.random.default_rng(args.seed)
@@ -83,13 +88,17 @@ def run(args: argparse.Namespace) -> int:
                 rec = writer.begin(EpisodeMeta(task=obs["instruction"], source="expert", cameras=env.cameras,
                                                fps=env.control_hz,
                                                extra={"sim_task": task, "seed": seed, "expert": "scripted",
+                                                      "dart_noise": getattr(args, "dart_noise", 0.0),
                                                       "state_labels": list(STATE_LABELS)}))
                 success = False
                 for _ in range(env.max_steps):
                     action = expert_action(env)
                     if args.action_noise > 0:
                         action = np.clip(action + rng.normal(0.0, args.action_noise, 7), -1.0, 1.0)
-                    next_obs, success, info = env.step(action)
+                    executed = action
+                    if getattr(args, "dart_noise", 0.0) > 0:
+                        executed = np.clip(action + rng.normal(0.0, args.dart_noise, 7), -1.0, 1.0)
+                    next_obs, success, info = env.step(executed)
                     done = success or info["timeout"]
                     rec.add_step(action=action, state=state_vector(obs), images=obs["images"],
                                  reward=1.0 if success else 0.0, success=success, done=done)
