@@ -90,9 +90,15 @@ def split(episodes: list, held_out: int = 4) -> tuple[list, list]:
     return episodes[held_out:], episodes[:held_out]
 
 
-def sft(model: VLAModel, episodes: list, val: list, steps: int, mode: str, seed: int) -> VLAModel:
+def sft(model: VLAModel, episodes: list, val: list, steps: int, mode: str, seed: int, online: list = (),
+        expert_fraction: float = 0.5) -> VLAModel:
+    """Expert `episodes` + `online` successes; with both, `expert_fraction` of the samples are expert (the
+    packager's stage-2 mix, JobConfig.expert_fraction)."""
     config = SFTConfig(mode=mode, steps=steps, batch_size=32, seed=seed, val_every=steps)
-    return train(model, StepDataset(episodes, CAMERAS), StepDataset(val, CAMERAS), config, progress=False).model
+    groups = {e.info.episode_id: "online" for e in online}
+    data = StepDataset([*episodes, *online], CAMERAS, groups)
+    return train(model, data, StepDataset(val, CAMERAS), config, expert_fraction=expert_fraction if episodes else 1.0,
+                 progress=False).model
 
 
 class Stage1:
@@ -206,7 +212,10 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
         model.save_pretrained(sft0, version="sft0")
     started = time.monotonic()
     model = VLAModel.from_pretrained(sft0)
-    history = [{"iteration": 0, **evaluate(model, budget), "minutes": 0.0}]
+    cached = sft0.with_name(sft0.name + f"-eval{budget.eval_episodes}.json")  # every arm starts from the same SFT-0
+    if not cached.exists():
+        cached.write_text(json.dumps(evaluate(model, budget)))
+    history = [{"iteration": 0, **json.loads(cached.read_text()), "minutes": 0.0}]
     log(f"{arm} seed {seed}: SFT only {history[0]}")
     if arm == "sft":
         return {"arm": arm, "seed": seed, "history": history}
@@ -232,9 +241,10 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
         else:
             online = EpisodeStore(stage / "online")
             successes = [online.load(i) for i in online.episodes(success=True)]
-            data = successes + (train_eps if arm == "irevla" else [])
-            if successes or arm == "irevla":
-                model = sft(model, data, val_eps, budget.sft2_steps, budget.sft2_mode, seed + it)
+            expert_replay = train_eps if arm == "irevla" else []
+            if successes or expert_replay:
+                model = sft(model, expert_replay, val_eps, budget.sft2_steps, budget.sft2_mode, seed + it,
+                            online=successes)
         model_dir = stage / "model"
         model.save_pretrained(model_dir, version=f"it{it}")
         model = VLAModel.from_pretrained(model_dir)

@@ -45,7 +45,7 @@ class LoopConfig:
     image_size: int = 128
     sft0_steps: int = 600
     """Stage-0 SFT updates (batch 32): about three minutes on 2 CPU cores with the tiny-sim model."""
-    sft_every_n_successes: int = 20
+    sft_every_n_successes: int = 10
     sft_max_val_mse_ratio: float = 1.05
     """The packager refuses a stage-2 result whose held-out action error exceeds this times the running
     model's (the quality gate before a reload)."""
@@ -55,6 +55,11 @@ class LoopConfig:
     sft2_steps: int = 300
     """Stage-2 SFT updates per job (run by the local sft worker)."""
     max_episode_steps: int = 40
+    actor_warmup_updates: int = 500
+    """Stage 1: critic-only updates before the SFT'd actor moves (docs/architecture.md: plain RLPD dragged the
+    actor off the demos while the critic was untrained)."""
+    bc_coef: float = 1.0
+    """Stage 1: behaviour-cloning anchor on the demo rows of each SAC batch."""
     expert_interventions: bool = False
     """The scripted expert takes over through /teleop/action like a human teleoperator (interventions), so
     online episodes succeed: a quick way to see stage 2 and the reload happen (used by the loop test)."""
@@ -408,7 +413,9 @@ class SimLoop:
                                                   "sft_steps": self.config.sft2_steps,
                                                   "max_val_mse_ratio": self.config.sft_max_val_mse_ratio}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
-                                            "demo_dir": str(self.demo_features_dir)}},
+                                            "demo_dir": str(self.demo_features_dir),
+                                            "actor_warmup_updates": self.config.actor_warmup_updates,
+                                            "bc_coef": self.config.bc_coef}},
             "policy_node": {"ros__parameters": {"max_steps": self.config.max_episode_steps}},
         }
         path = self.root / "graph_params.yaml"

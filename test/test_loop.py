@@ -32,6 +32,8 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
 
     from irevla_ros.core.data.episodes import EpisodeStore
     from irevla_ros.core.model.vla import verify_folder
+    from irevla_ros.core.rl.demos import demo_features_dir
+    from irevla_ros.loop import LoopConfig
 
     # stage 0: scripted demos and the SFT-0 model
     assert len(EpisodeStore(run_dir / "demos").episodes(source="expert", success=True)) >= 3
@@ -48,9 +50,11 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     assert len(status["full_reloads"]) >= 1
     announced = status["full_reloads"][0]
     verify_folder(announced["path"])
+    # the worker also encoded the expert demos with the new backbone, for the learner's next stage
+    assert (demo_features_dir(announced["path"]) / "COMPLETE").is_file()
     # the policy node logs the swap when it applies the verified full weights between ticks
     assert f"policy now v{announced['version']} (full weights)" in (run_dir / "graph.log").read_text()
     # both evaluations ran and the summary was printed
     for name in ("eval_sft0.json", "eval_final.json"):
-        assert set(json.loads((run_dir / name).read_text())) == {"reach", "reach_novel"}
+        assert set(json.loads((run_dir / name).read_text())) == {*LoopConfig.expert_tasks, *LoopConfig.new_tasks}
     assert "irevla sim summary" in result.stdout
