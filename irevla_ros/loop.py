@@ -35,7 +35,8 @@ class LoopConfig:
     minutes: float = 15.0
     """Wall-clock budget of the online phase (stage 1/2 iterations)."""
     demos_per_task: int = 60
-    eval_episodes: int = 10
+    eval_episodes: int = 20
+    """Per task, before and after (10 episodes gave +-15 % noise on the summary)."""
     seed: int = 0
     algorithm: str = "sac"
     web: bool = False
@@ -504,11 +505,13 @@ class SimLoop:
         from irevla_ros.core.model.vla import VLAModel
 
         before_path = self.root / "eval_sft0.json"
-        if before_path.exists():
+        counted = self.root / "eval_sft0.episodes"  # the cached "before" is reused only for the same count
+        if before_path.exists() and counted.exists() and counted.read_text() == str(self.config.eval_episodes):
             before = json.loads(before_path.read_text())
         else:
             before = self.evaluate(VLAModel.from_pretrained(self.sft0_dir), "SFT only (stage 0)")
             before_path.write_text(json.dumps(before, indent=2))
+            counted.write_text(str(self.config.eval_episodes))
         if self._stop.is_set():
             return 130
         status = LiveStatus()
