@@ -24,7 +24,9 @@ from irevla_ros.nodes._common import DATA_QOS
 
 CONFIG = REPO / "config"
 MIN_TRAVEL_M = 0.03  # the human pushed +x for 2.5 s at half speed: the TCP must have gone clearly forward
-MAX_SIDEWAYS_M = 0.01
+MAX_SIDEWAYS_RATIO = 0.1
+"""Sideways drift per metre forward: in fast mode the 2.5 s push can run many sim seconds on a loaded machine and
+reach the workspace box (0.44 m seen in CI), where the arm slid 1.9 cm along it; the check is direction, not speed."""
 
 
 def _pos(msg: PoseStamped) -> np.ndarray:
@@ -49,6 +51,11 @@ def test_scripted_spacemouse_moves_the_sim_arm_and_the_demo_exports(ros, procs, 
         for cam in itf.CAMERA_NAMES:  # the recorder has found the cameras before the human starts
             wait_for(lambda cam=cam: ros.node.count_subscribers(itf.camera_image(cam).name) >= 1, 30,
                      what=f"recorder on {cam}")
+        # ... and the episode events: it subscribes to a topic once it sees a publisher, and the teleop node's
+        # start event goes out with its first command; announce the topic first (the start event was lost 4 in 5)
+        ros.node.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)  # the node keeps it alive
+        wait_for(lambda: ros.node.count_subscribers(itf.EPISODE_EVENT.name) >= 2, 30,
+                 what="recorder on the episode events")
         script = tmp_path / "spacemouse_standin.json"
         script.write_text(json.dumps([
             {"duration_s": 2.5},  # discovery between teleop_node and cmd_mux
@@ -62,7 +69,7 @@ def test_scripted_spacemouse_moves_the_sim_arm_and_the_demo_exports(ros, procs, 
         wait_for(lambda: len(episodes) >= 2, 60, what="the demo's start and end events")
         travel = _pos(poses[-1]) - start
         assert travel[0] > MIN_TRAVEL_M, travel
-        assert abs(travel[1]) < MAX_SIDEWAYS_M, travel
+        assert abs(travel[1]) < MAX_SIDEWAYS_RATIO * travel[0], travel
         end = json.loads(episodes[-1].data)
         assert end["event"] == "end" and end["success"] is True and end["instruction"].startswith("reach")
     finally:

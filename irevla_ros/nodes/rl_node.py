@@ -47,7 +47,9 @@ class RLNode(Node):
                                  callback_group=intake)
         self.new_model: dict | None = None
         self.create_timer(self.config.tick_period_s, self.tick_callback, callback_group=work)
-        self.create_timer(1.0, self.status_callback, callback_group=work)
+        # Own group: in `work` the 10 ms tick (always ready while updates are due) starved the status timer, so
+        # /rl/status went silent exactly while the learner was busiest (seen as 0 updates in `irevla sim`).
+        self.create_timer(1.0, self.status_callback, callback_group=MutuallyExclusiveCallbackGroup())
         self.closed = False
         if self.learner.version > 0:  # resumed: the policy gets the learner's latest head again
             self._publish(self.learner.current_weights_payload())
