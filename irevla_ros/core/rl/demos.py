@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from irevla_ros.core.data.codec import PayloadError, Transition
+from irevla_ros.core.data.episodes import fsync_dir
 
 DEMO_SOURCES = ("expert", "teleop")
 
@@ -121,14 +122,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -246,7 +239,7 @@ def encode_demo_features(model, dataset_dirs: Sequence[str | os.PathLike], out_d
                   "model_sha256": model_sha256, "model_version": version, "cameras": cameras, "episode_ids": ids,
                   "proprio_dim": proprio_dim, "created": time.time()}
         _write_synced(tmp / COMPLETE, json.dumps(marker, indent=1).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():  # stale (another model) or incomplete: moved aside first, so `out` is never half
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
             out.rename(old)
@@ -254,7 +247,7 @@ def encode_demo_features(model, dataset_dirs: Sequence[str | os.PathLike], out_d
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
