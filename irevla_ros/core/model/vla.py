@@ -198,6 +198,7 @@ class VLAModel(nn.Module):
         self.head = head if head is not None else ActionHead(config.head)
         self._frozen_depth = 0
         self._lora = False
+        self._cuda_graphs: dict | None = None  # None = off; else {(pixel shape, ids shape): (graph, inputs, output)}
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -351,22 +352,63 @@ class VLAModel(nn.Module):
             raise InputError(f"{len(instructions)} instruction(s) for a batch of {batch} observation(s)")
         ids, text_mask = self.tokenize(instructions)
         grad = torch.is_grad_enabled() and self._frozen_depth == 0
-        with torch.set_grad_enabled(grad):
-            core = self._base_backbone()
-            family = cfg.family
-            # all cameras through the vision tower in one batch
-            tokens = backbones.image_tokens(family, core, torch.cat(pixel, 0))
-            tokens = tokens.reshape(cfg.num_cameras, batch, *tokens.shape[1:]).transpose(0, 1)
-            tokens = tokens.reshape(batch, cfg.num_cameras * tokens.shape[2], tokens.shape[-1])
-            text = core.get_input_embeddings()(ids).to(tokens.dtype)
-            embeds = torch.cat([tokens, text], dim=1)
-            mask = torch.cat([torch.ones(tokens.shape[:2], dtype=text_mask.dtype, device=self.device), text_mask], 1)
-            out = backbones.decoder(family, core)(inputs_embeds=embeds, attention_mask=mask)
-            features = out.last_hidden_state
+        pixels = torch.cat(pixel, 0)  # all cameras through the vision tower in one batch
+        if self._cuda_graphs is not None and pixels.is_cuda and torch.is_inference_mode_enabled():
+            features = self._graphed_features(pixels, ids, text_mask, batch)
+        else:
+            with torch.set_grad_enabled(grad):
+                features = self._features(pixels, ids, text_mask, batch)
         if features.shape[1:] != torch.Size(self.feature_shape):
             raise RuntimeError(f"backbone produced features {tuple(features.shape[1:])}, expected "
                                f"{self.feature_shape}")
         return features
+
+    def _features(self, pixels: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
+                  batch: int) -> torch.Tensor:
+        cfg = self.config
+        core = self._base_backbone()
+        tokens = backbones.image_tokens(cfg.family, core, pixels)
+        tokens = tokens.reshape(cfg.num_cameras, batch, *tokens.shape[1:]).transpose(0, 1)
+        tokens = tokens.reshape(batch, cfg.num_cameras * tokens.shape[2], tokens.shape[-1])
+        text = core.get_input_embeddings()(ids).to(tokens.dtype)
+        embeds = torch.cat([tokens, text], dim=1)
+        mask = torch.cat([torch.ones(tokens.shape[:2], dtype=text_mask.dtype, device=self.device), text_mask], 1)
+        return backbones.decoder(cfg.family, core)(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay the backbone's inference forward as a CUDA graph (one per batch size).
+
+        Why: at batch 1 a 3.7 B BLIP-2 forward is bound by the CPU launching ~1,600 kernels, not by the GPU
+        (bench/README.md, GPU rows). Only inside `torch.inference_mode()` on a CUDA model (`act` does that);
+        everything else takes the eager path. Weights copied into this module in place stay valid (the graph
+        reads the same tensors); after replacing modules (a LoRA merge), call again to drop the captured graphs."""
+        self._cuda_graphs = {} if enabled else None
+
+    @property
+    def cuda_graphs_enabled(self) -> bool:
+        return self._cuda_graphs is not None
+
+    def _graphed_features(self, pixels: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
+                          batch: int) -> torch.Tensor:
+        key = (tuple(pixels.shape), tuple(ids.shape))
+        entry = self._cuda_graphs.get(key)
+        if entry is None:
+            inputs = (pixels.clone(), ids.clone(), text_mask.clone())
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up off the capture: allocator, cuBLAS/cuDNN plans
+                for _ in range(2):
+                    self._features(*inputs, batch)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = self._features(*inputs, batch)
+            entry = self._cuda_graphs[key] = (graph, inputs, output)
+        graph, inputs, output = entry
+        for static, value in zip(inputs, (pixels, ids, text_mask), strict=True):
+            static.copy_(value)
+        graph.replay()
+        return output.clone()  # the graph overwrites its output on the next replay
 
     def forward(self, images: Sequence, instructions: Sequence[str], proprio: torch.Tensor | None = None):
         """(mean, log_std) of the pre-tanh Gaussian, differentiable through backbone and head (SFT)."""

@@ -105,6 +105,7 @@ class WeightSlots:
             raise WeightsRejected(f"model folder {path}: {model.config.num_cameras} camera(s), running model has "
                                   f"{base.model.config.num_cameras}")
         model.eval()
+        model.use_cuda_graphs(base.model.cuda_graphs_enabled)
         self._stage(Slot(model, model.head, str(version), "full", str(version)))
         with self._lock:
             self._base_version = str(version)
