@@ -270,6 +270,38 @@ def test_injected_error_is_recovered_and_reported(franka):
     assert franka.alive()
 
 
+def test_fast_streams_are_coalesced_and_the_newest_target_is_reached(franka):
+    """A 50 Hz stream does not replan franky's motion 50 times a second (that drove franky's own commanded pose
+    0.09 rad past an in-box target): the robot gets at most 1.25 x max_command_rate_hz motions per second, the newest
+    target each time, and the last one is not lost."""
+    franka.go_to_center()
+
+    def counters() -> tuple[int, int]:
+        n = len(franka.diags)
+        wait_for(lambda: len(franka.diags) > n and franka.diag(n), 5.0, what="fresh diagnostics")
+        d = franka.diag(n)[-1]
+        return int(d["commands_applied"]), int(d["motions_sent"])
+
+    applied0, motions0 = counters()
+    t0 = time.monotonic()
+    n_targets = len(franka.targets)
+    franka.stream([0.4, -0.3, 0, 0, 0, 0.5, 0], 40, rate_hz=50.0)
+    elapsed = time.monotonic() - t0
+    wait_for(lambda: len(franka.targets) > n_targets, 5.0, what="targets for the stream")
+    last = franka.targets[-1].pose
+    applied1, motions1 = counters()
+    applied, motions = applied1 - applied0, motions1 - motions0
+    max_motions = 1.25 * 10.0 * elapsed + 2  # max_command_rate_hz 10 here; +1 motion at each end of the window
+    assert motions <= max_motions, (applied, motions, elapsed)
+    assert applied >= 20 and motions < applied, (applied, motions)  # commands were coalesced, not refused
+    # A zero action re-targets the newest target: keep the stream fresh until the arm is there.
+    target = Pose([last.position.x, last.position.y, last.position.z],
+                  [last.orientation.x, last.orientation.y, last.orientation.z, last.orientation.w])
+    franka.step([0.0] * 7, 20)
+    dp, dr = franka.sim.ee_pose().distance_to(target)
+    assert dp < 0.003 and dr < 0.01, (dp, dr)
+
+
 # --- property: nothing drives the EE out of the box, nothing kills the node. ---------------------------------
 finite = st.floats(-1.0, 1.0, allow_nan=False)
 bad_value = st.sampled_from([math.nan, math.inf, -math.inf, 1.5, -7.0, 1e308])
@@ -310,6 +342,7 @@ def test_random_adversarial_and_nan_streams_never_leave_the_box(franka, stream):
     assert franka.sim.alive() and not franka.sim.errors, franka.sim.errors[-3:]
     assert franka.sim.watched > 0
     dp, dr = franka.sim.max_violation
+    print(f"sim EE outside the box by at most {dp:.4f} m / {dr:.4f} rad")
     assert dp <= BOX_TOL_M and dr <= BOX_TOL_RAD, f"EE left the box by {dp:.4f} m / {dr:.4f} rad"
     for msg in list(franka.targets)[n_targets:]:  # every commanded target strictly inside
         p = msg.pose

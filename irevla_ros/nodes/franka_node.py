@@ -240,6 +240,7 @@ class FrankaNode(Node):
             "last_error": status.last_error,
             "commands_received": str(self.commands_received),
             "commands_applied": str(status.commands_applied),
+            "motions_sent": str(status.motions_sent),
             "recoveries": str(status.recoveries),
             "recover_attempts": str(status.recover_attempts),
             "command_age_s": f"{status.command_age_s:.4f}",
