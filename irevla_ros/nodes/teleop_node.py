@@ -3,7 +3,9 @@
 Polls a device (terminal keyboard, SpaceMouse, or the scripted stand-in used by tests) at `rate_hz`, publishes
 /teleop/action (Float64MultiArray, in [-1, 1]) while the human moves or toggles the gripper (cmd_mux gives it
 priority and flags the intervention), and /reward/human_label (String) for success / failure / discard / reset.
-In demo recording (`publish_episode_events`) it also publishes episode start/end on /policy/episode.
+In demo recording (`publish_episode_events`) it also publishes episode start/end on /policy/episode (transient
+local, last two events: a late subscriber still gets the latest episode's). The device is read and commands sent
+only once `min_command_subscribers` have matched /teleop/action (cmd_mux); until then input is dropped, warned.
 """
 
 from __future__ import annotations
@@ -14,14 +16,22 @@ from dataclasses import asdict
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from irevla_ros import interfaces as itf
 from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS, LATCHED_QOS, declare_config, spin_node, to_float64_array
 from irevla_ros.teleop import DemoEpisodes, TeleopConfig, TeleopMapper, make_device
+from irevla_ros.teleop.devices import ScriptedDevice
 
 PARAMETERS = TeleopConfig
+EPISODE_EVENT_QOS = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""Demo episode events: rare, and each one matters. Transient local with the last two (the start and end of the
+latest episode, or the previous end and the current start), so a subscriber that matches late still gets them: a
+bag recorder subscribes only once it has discovered this new node's publisher (> 2.5 s under load), often after
+the start event went out with the first push. Volatile subscribers (packager, foxglove, reward) are compatible."""
 
 
 class TeleopNode(Node):
@@ -37,7 +47,7 @@ class TeleopNode(Node):
         self.episodes = DemoEpisodes() if self.config.publish_episode_events else None
         self.action_pub = self.create_publisher(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS)
         self.label_pub = self.create_publisher(String, itf.HUMAN_LABEL.name, DATA_QOS)
-        self.episode_pub = self.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)
+        self.episode_pub = self.create_publisher(String, itf.EPISODE_EVENT.name, EPISODE_EVENT_QOS)
         self.create_subscription(String, itf.INSTRUCTION.name, self.instruction_callback, LATCHED_QOS)
         self.reset_clients = [self.create_client(Trigger, name) for name in self.config.reset_service_names]
         # Human input is paced by the wall clock, also under use_sim_time (in lockstep fast sim a sim-time timer
@@ -49,7 +59,18 @@ class TeleopNode(Node):
         self.instruction = msg.data
 
     def tick_callback(self) -> None:
-        out = self.mapper.update(self.device.poll(time.monotonic()))
+        now = time.monotonic()
+        matched = self.action_pub.get_subscription_count()
+        if matched < self.config.min_command_subscribers:
+            # A command now would be lost (cmd_mux has not matched us yet), and in demo recording it would start an
+            # episode whose first steps never reached the arm: drop the input; a script starts once we are ready.
+            if not isinstance(self.device, ScriptedDevice):
+                self.device.poll(now)
+            self.get_logger().warning(
+                f"{matched} of {self.config.min_command_subscribers} subscriber(s) on {self.action_pub.topic_name} "
+                "so far (is cmd_mux running?): input ignored", throttle_duration_sec=2.0)
+            return
+        out = self.mapper.update(self.device.poll(now))
         if out.action is not None:
             if self.episodes is not None:
                 self._publish_episodes(self.episodes.on_command(self.instruction))

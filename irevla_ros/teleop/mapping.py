@@ -70,6 +70,11 @@ class TeleopConfig:
     publish_episode_events: bool = False
     """Demo recording: this node runs the episodes (start on first motion, end on a label) and publishes them
     on interfaces.EPISODE_EVENT. Off during RL, where the policy node runs the episodes."""
+    min_command_subscribers: int = 1
+    """Commands go out only once this many subscribers have matched /teleop/action (1: cmd_mux; 2 with a bag
+    recorder that must record them too); until then the device's input is dropped with a warning (a scripted
+    device starts its script then). A command published before cmd_mux matched would be lost, and in demo
+    recording it would start an episode whose first steps never reached the arm. 0 = do not wait."""
 
     def __post_init__(self) -> None:
         if self.device not in ("keyboard", "spacemouse", "scripted"):
@@ -94,6 +99,9 @@ class TeleopConfig:
         bad = [s for s in self.reset_service_names if not s.startswith("/")]
         if bad:
             raise ValueError(f"reset_services must be absolute service names, got {bad}")
+        if not isinstance(self.min_command_subscribers, int) or not 0 <= self.min_command_subscribers <= 100:
+            raise ValueError(f"min_command_subscribers must be an int in [0, 100], got "
+                             f"{self.min_command_subscribers!r}")
         if self.device == "scripted" and not self.script:
             raise ValueError("device 'scripted' needs the `script` parameter (JSON list or file path)")
 
