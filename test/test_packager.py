@@ -44,6 +44,25 @@ def _transitions(episode_id: str, n: int, *, success: bool, seed: int, cameras=(
     return out
 
 
+def _record_experts(root: Path, episodes: int, steps: int, seed: int) -> None:
+    """record_synthetic's expert demos with fixed episode ids. The held-out split hashes the ids: with fresh uuids
+    it changed every run, and with 2-4 held-out episodes of 6 steps the stage-2 result's MSE was over the
+    2 x gate for some splits (1 in 22 measured: 0.0854 vs 0.0421 before) and got rejected, so stage 2 was never
+    announced. Fixed ids make the run reproducible (stage 2: 0.0508 vs 0.0480 before)."""
+    writer = EpisodeWriter(root)
+    rng = np.random.default_rng(seed)
+    for i in range(episodes):
+        rec = writer.begin(task="reach the coloured target", source="expert", cameras=("front",), policy_version="0",
+                           episode_id=f"expert-{i:04d}")
+        for s in range(steps):
+            color = rng.uniform(0, 1, 3).astype(np.float32)
+            img = np.clip(color * 255 + rng.normal(0, 6, (32, 32, 3)), 0, 255).astype(np.uint8)
+            last = s == steps - 1
+            rec.add_step(action=target_action(color), state=np.r_[color, [0.0] * 5].astype(np.float32),
+                         images={"front": img}, reward=float(last), success=last, done=last)
+        rec.finish(True)
+
+
 def _node_cmd(tmp_path: Path, **params) -> list[str]:
     cmd = [str(VENV_BIN / "packager_node"), "--ros-args"]
     for k, v in {"run_dir": str(tmp_path / "run"), "key_file": str(_key_file(tmp_path)), "poll_s": 0.3,
@@ -52,7 +71,17 @@ def _node_cmd(tmp_path: Path, **params) -> list[str]:
     return cmd
 
 
-def _publisher(ros):
+def _status_of(ros):
+    """The packager's latched /iteration/status, collected from now on."""
+    from std_msgs.msg import String
+
+    from irevla_ros import interfaces as itf
+    from irevla_ros.nodes._common import LATCHED_QOS
+
+    return ros.collect(String, itf.ITERATION_STATUS.name, LATCHED_QOS)
+
+
+def _publisher(ros, status):
     from std_msgs.msg import String, UInt8MultiArray
 
     from irevla_ros import interfaces as itf
@@ -62,6 +91,14 @@ def _publisher(ros):
     epub = ros.node.create_publisher(String, itf.EPISODE_EVENT.name, DATA_QOS)
     ros.wait_for_subscribers(tpub)
     ros.wait_for_subscribers(epub)
+    # Both ends must have matched before anything is published: our writers seeing the packager's readers is not
+    # enough, a volatile reader that matches a writer later skips what was sent before (stage 2 was then never
+    # triggered: the first online episode was lost). The packager reports the publishers it sees in its status.
+    def packager_sees_us() -> bool:
+        last = json.loads(status[-1].data) if status else {}
+        return last.get("transition_publishers", 0) >= 1 and last.get("event_publishers", 0) >= 1
+
+    wait_for(packager_sees_us, 60, what="the packager matching our publishers")
 
     def send(transitions, *, end: bool = True):
         eid = transitions[0].episode_id
@@ -79,8 +116,9 @@ def _publisher(ros):
 
 
 def test_sigkill_mid_episode_keeps_finished_episodes_and_marks_the_cut_one(tmp_path, procs, ros):
+    status = _status_of(ros)
     proc = procs.start(_node_cmd(tmp_path, sft_enabled=False), name="packager")
-    send, tpub = _publisher(ros)
+    send, tpub = _publisher(ros, status)
     send(_transitions("ep-a", 4, success=True, seed=1))
     send(_transitions("ep-b", 3, success=False, seed=2))
     send(_transitions("ep-cut", 5, success=True, seed=3)[:3], end=False)
@@ -114,7 +152,7 @@ def test_stage0_job_worker_weights_then_online_successes_trigger_stage2(tmp_path
     from irevla_ros.nodes._common import LATCHED_QOS
 
     experts = tmp_path / "experts"
-    record_synthetic(EpisodeWriter(experts), episodes=6, steps=6, seed=5)
+    _record_experts(experts, episodes=6, steps=6, seed=5)
     ready = ros.collect(String, itf.FULL_WEIGHTS_READY.name, LATCHED_QOS)
     status = ros.collect(String, itf.ITERATION_STATUS.name, LATCHED_QOS)
     procs.start(_node_cmd(tmp_path, expert_dataset_dirs=str(experts), sft_steps=25, sft_batch_size=8, sft_lr=0.003,
@@ -124,7 +162,19 @@ def test_stage0_job_worker_weights_then_online_successes_trigger_stage2(tmp_path
     procs.start([str(VENV_BIN / "irevla"), "sft-worker", "--spool", str(tmp_path / "run" / "spool"), "--key",
                  str(_key_file(tmp_path)), "--work-dir", str(tmp_path / "work"), "--poll-s", "0.3", "--no-progress"],
                 name="worker")
-    wait_for(lambda: len(ready) >= 1, 240, what="stage-0 weights announced")
+
+    def wait(predicate, timeout: float, what: str) -> None:
+        """wait_for, failing with what the packager and the worker were doing (diagnosable on a loaded CI)."""
+        try:
+            wait_for(predicate, timeout, what=what)
+        except TimeoutError as exc:
+            state = tmp_path / "run" / "iteration.json"
+            logs = "\n".join(f"--- {p.args[0] if isinstance(p.args, list) else p.args}\n{procs.log_of(p)[-3000:]}"
+                             for p in procs.procs)
+            raise AssertionError(f"{exc}; last status {status[-1].data if status else None}; iteration.json "
+                                 f"{state.read_text() if state.exists() else None}\n{logs}") from exc
+
+    wait(lambda: len(ready) >= 1, 240, what="stage-0 weights announced")
     first = json.loads(ready[-1].data)
     assert first["version"] == "1" and folder_sha256(first["path"]) == first["sha256"]
     model = VLAModel.from_pretrained(first["path"])
@@ -133,11 +183,11 @@ def test_stage0_job_worker_weights_then_online_successes_trigger_stage2(tmp_path
     assert (it.stage, it.phase, it.sft_count) == (1, "rl", 1)
     assert it.history[0]["metrics"]["val_mse_after"] < it.history[0]["metrics"]["val_mse_before"]
 
-    send, _ = _publisher(ros)
+    send, _ = _publisher(ros, status)
     send(_transitions("on-1", 5, success=True, seed=11))
     send(_transitions("on-2", 4, success=False, seed=12))
     send(_transitions("on-3", 5, success=True, seed=13))
-    wait_for(lambda: any(json.loads(m.data)["version"] == "2" for m in ready), 240, what="stage-2 weights announced")
+    wait(lambda: any(json.loads(m.data)["version"] == "2" for m in ready), 240, what="stage-2 weights announced")
     second = json.loads(ready[-1].data)
     assert folder_sha256(second["path"]) == second["sha256"] and VLAModel.from_pretrained(second["path"]).version == "2"
     it = Iteration(tmp_path / "run" / "iteration.json").state
@@ -146,7 +196,7 @@ def test_stage0_job_worker_weights_then_online_successes_trigger_stage2(tmp_path
     body = json.loads((job / "job.json").read_text())
     assert body["counts"] == {"expert": 6, "online": 2, "steps": 6 * 6 + 10}  # only the successful online ones
     assert body["base_model"]["id"] == first["sha256"]  # stage 2 fine-tunes the stage-0 result
-    wait_for(lambda: status and json.loads(status[-1].data)["iteration"] == 1, 10, what="status iteration 1")
+    wait(lambda: status and json.loads(status[-1].data)["iteration"] == 1, 10, what="status iteration 1")
 
 
 def _fake_result(tmp_path: Path, packager: Packager, *, key: bytes, mse_before: float, mse_after: float,

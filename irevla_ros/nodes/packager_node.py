@@ -3,7 +3,9 @@
 Subscribes TRANSITION (codec Transition; frames included when the policy's `transition_images` is on),
 EPISODE_EVENT (JSON) and HEAD_WEIGHTS (the RL head a stage-2 job starts from). Publishes FULL_WEIGHTS_READY
 ({"path", "version", "sha256"}, latched) once an SFT result has passed the signature, checksum and held-out
-checks, and ITERATION_STATUS (JSON, latched). Service SFT_TRIGGER (std_srvs/Trigger) requests a stage-2 job now.
+checks, and ITERATION_STATUS (JSON, latched, on change: the iteration state with SFT enabled, plus the recording
+counters and `transition_publishers` / `event_publishers`, the publishers this node has discovered on its inputs).
+Service SFT_TRIGGER (std_srvs/Trigger) requests a stage-2 job now.
 Logic lives in irevla_ros/core/data/packager.py.
 """
 
@@ -105,6 +107,10 @@ class PackagerNode(Node):
         self.get_logger().info(f"announced SFT weights version {payload['version']} at {payload['path']}")
 
     def _status(self, status: dict) -> None:
+        # Publishers of our inputs as this node sees them: a client must wait for these, not only for its own side
+        # of the match (a volatile reader that matches a writer late skips what was sent before).
+        status = {**status, "transition_publishers": self.count_publishers(itf.TRANSITION.name),
+                  "event_publishers": self.count_publishers(itf.EPISODE_EVENT.name)}
         text = json.dumps(status, sort_keys=True)
         if text != self._last_status:
             self._last_status = text

@@ -268,6 +268,7 @@ class Packager:
         """Build/submit a wanted job, or check the running one. Called periodically off the callbacks."""
         self.tick()
         if self.iteration is None:
+            self._publish_status()  # recording counters only
             return
         try:
             with self._lock:
@@ -420,8 +421,9 @@ class Packager:
         self.announce_cb({"path": s.model_path, "version": s.policy_version, "sha256": s.model_sha256})
 
     def _publish_status(self) -> None:
-        if self.iteration is not None:
-            self.status_cb({**self.iteration.status(), "recording": sorted(self.open), **self.stats})
+        """Iteration state (with SFT enabled) plus the recording counters (always)."""
+        iteration = self.iteration.status() if self.iteration is not None else {}
+        self.status_cb({**iteration, "recording": sorted(self.open), **self.stats})
 
     def close(self) -> None:
         """Shutdown: open episodes are kept as incomplete (their steps are not lost, never taken for finished)."""
