@@ -225,6 +225,8 @@ class Budget:
         for name in ("demos", "sft0_steps", "online_episodes", "sft2_steps", "batch", "eval_episodes", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps > 500:
+            raise ValueError(f"--max-steps must be <= 500 (MetaWorld's own episode cap), got {self.max_steps}")
         if self.demos < 6:
             raise ValueError(f"--demos must be >= 6 (4 are held out for validation), got {self.demos}")
         if self.iterations < 0 or not 0 <= self.demo_noise < 1 or self.utd <= 0:
