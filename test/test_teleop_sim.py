@@ -32,7 +32,9 @@ assert EPISODE_EVENT_QOS.durability == EVENTS_QOS.durability
 MIN_TRAVEL_M = 0.03  # the human pushed +x for 2.5 s at half speed: the TCP must have gone clearly forward
 MAX_SIDEWAYS_RATIO = 0.1
 """Sideways drift per metre forward: in fast mode the 2.5 s push can run many sim seconds on a loaded machine and
-reach the workspace box (0.44 m seen in CI), where the arm slid 1.9 cm along it; the check is direction, not speed."""
+reach the workspace box (0.44 m seen in CI), where the arm slid 1.9 cm (4.7 cm in another run) along it; the check
+is direction, not speed, so it is judged over the first DIRECTION_WINDOW_M of travel, before any wall."""
+DIRECTION_WINDOW_M = 0.1
 
 
 def _recorder_on(ros, topic: str) -> bool:
@@ -88,7 +90,8 @@ def test_scripted_spacemouse_moves_the_sim_arm_and_the_demo_exports(ros, procs, 
         assert [json.loads(m.data)["event"] for m in late] == ["start", "end"]
         travel = _pos(poses[-1]) - start
         assert travel[0] > MIN_TRAVEL_M, travel
-        assert abs(travel[1]) < MAX_SIDEWAYS_RATIO * travel[0], travel
+        early = next((p for p in (_pos(m) - start for m in list(poses)) if p[0] >= DIRECTION_WINDOW_M), travel)
+        assert abs(early[1]) < MAX_SIDEWAYS_RATIO * early[0], (early, travel)
         end = json.loads(late[-1].data)
         assert end["event"] == "end" and end["success"] is True and end["instruction"].startswith("reach")
     finally:
