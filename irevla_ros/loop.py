@@ -40,7 +40,15 @@ class LoopConfig:
     seed: int = 0
     algorithm: str = "sac"
     web: bool = False
-    preset: str = "tiny-sim"
+    preset: str = "tiny-llava-sim"
+    """Sim backbone (random init). Round 2 used `tiny-sim` (BLIP-2): its Q-Former never learned to pass the
+    button's position on this budget (docs/architecture.md, "Sim backbone")."""
+    pretrain_steps: int = 800
+    """Stage 0a, the sim stand-in for a pretrained VLM (irevla_ros/sim/pretrain.py): updates that teach the
+    backbone to locate the task object and the TCP from rendered frames (privileged sim state, used only there).
+    0 = off."""
+    pretrain_layouts: int = 400
+    """Random scenes (x 6 frames) rendered for stage 0a."""
     proprio_dim: int = 8
     """Robot state (EE pose + gripper width) fed to the head next to the VLM features (0 = images + text only)."""
     image_size: int = 128
@@ -79,8 +87,10 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if not (0.0 < self.minutes <= 24 * 60):
             raise ValueError(f"minutes must be in (0, 1440], got {self.minutes}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
-                     "torch_threads"):
+                     "torch_threads", "pretrain_layouts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.algorithm not in ("sac", "ppo"):
@@ -264,6 +274,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tasks with scripted demos (stage-0 SFT, and evaluated as 'expert')")
     parser.add_argument("--new-tasks", nargs="+", default=list(defaults.new_tasks),
                         help="tasks without demos (online RL only; evaluated as 'new')")
+    parser.add_argument("--preset", default=defaults.preset, help="sim backbone preset (random init)")
+    parser.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps,
+                        help="stage 0a: updates teaching the random-init backbone where objects are (privileged "
+                        "sim labels, the stand-in for a pretrained VLM; 0 = off)")
+    parser.add_argument("--pretrain-layouts", type=int, default=defaults.pretrain_layouts,
+                        help="stage 0a: random scenes rendered (6 frames each)")
     parser.add_argument("--web", action="store_true", help="also serve the Foxglove live view on localhost")
 
 
@@ -276,7 +292,9 @@ def run(ns: argparse.Namespace) -> int:
                             stop_after_iterations=ns.stop_after_iterations,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
                             expert_interventions=ns.expert_interventions,
-                            expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks))
+                            expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks),
+                            preset=ns.preset, pretrain_steps=ns.pretrain_steps,
+                            pretrain_layouts=ns.pretrain_layouts)
     except ValueError as exc:
         print(f"irevla sim: {exc}", file=sys.stderr)
         return 2
@@ -328,6 +346,19 @@ class SimLoop:
         if demos.run(ns) != 0:
             raise RuntimeError("the scripted experts did not produce enough demos")
 
+    def _pretrain(self, model) -> None:
+        from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, render_scenes
+
+        config = PretrainConfig(layouts=self.config.pretrain_layouts, steps=self.config.pretrain_steps,
+                                seed=self.config.seed)
+        self._say(f"[stage 0a] rendering {config.layouts * config.frames_per_layout} frames of random "
+                  f"{'/'.join(self.config.expert_tasks)} scenes (the sim stand-in for a pretrained VLM)")
+        frames = render_scenes(self.config.expert_tasks, config, image_size=self.config.image_size, cameras=CAMERAS)
+        metrics = pretrain_backbone(model, frames, config, log=self._say)
+        self._say(f"[stage 0a] object position error {metrics['object_error_cm_before']} -> "
+                  f"{metrics['object_error_cm_after']} cm (chance {metrics['object_error_cm_chance']})")
+        (self.root / "stage0a_metrics.json").write_text(json.dumps(metrics, indent=2))
+
     def stage0_sft(self) -> None:
         import torch
 
@@ -350,7 +381,9 @@ class SimLoop:
         torch.manual_seed(self.config.seed)
         model = VLAModel.from_preset(self.config.preset, num_cameras=len(CAMERAS), seed=self.config.seed,
                                      head={"proprio_dim": self.config.proprio_dim})
-        self._say(f"[stage 0] SFT (full fine-tuning of the random-init {self.config.preset} VLA) on "
+        if self.config.pretrain_steps:
+            self._pretrain(model)
+        self._say(f"[stage 0] SFT (full fine-tuning of the {self.config.preset} VLA) on "
                            f"{len(train_set)} steps from {len(episodes) - held_out} demos, {self.config.sft0_steps} "
                            "updates")
         sft = SFTConfig(mode="full", steps=self.config.sft0_steps, batch_size=32, seed=self.config.seed,
@@ -472,7 +505,8 @@ class SimLoop:
         # the policy has published the announced version since the announcement: it runs the new weights
         return str(latest.get("version")) in status.versions_seen[latest["versions_seen_before"]:]
 
-    STAGE0_KEYS = ("preset", "proprio_dim", "image_size", "seed", "demos_per_task", "sft0_steps", "expert_tasks")
+    STAGE0_KEYS = ("preset", "proprio_dim", "image_size", "seed", "demos_per_task", "sft0_steps", "expert_tasks",
+                   "pretrain_steps", "pretrain_layouts")
 
     def check_stage0_cache(self) -> None:
         """A run folder's cached demos and SFT-0 model belong to the settings that made them: refuse to mix."""

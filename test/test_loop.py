@@ -22,6 +22,7 @@ IREVLA = str(Path(sys.executable).parent / "irevla")
 def test_short_loop_runs_every_stage(tmp_path, ros_env):
     run_dir = tmp_path / "run"
     cmd = [IREVLA, "sim", "--run-dir", str(run_dir), "--minutes", "6", "--demos-per-task", "3", "--sft0-steps", "20",
+           "--pretrain-steps", "20", "--pretrain-layouts", "4",
            "--eval-episodes", "1", "--max-episode-steps", "40", "--expert-interventions",
            "--sft-every-n-successes", "2", "--sft2-steps", "20", "--stop-after-iterations", "1",
            # 20 LoRA steps need not beat the running model on held-out error: let the result through the gate
@@ -39,6 +40,8 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     assert len(EpisodeStore(run_dir / "demos").episodes(source="expert", success=True)) >= 3
     verify_folder(run_dir / "models" / "sft0")
     assert json.loads((run_dir / "stage0_metrics.json").read_text())["steps"] == 20
+    pretrain = json.loads((run_dir / "stage0a_metrics.json").read_text())  # stage 0a ran before the SFT
+    assert pretrain["steps"] == 20 and pretrain["frames"] == 24
     # stage 1: online episodes recorded by the packager, flagged as interventions; the learner updated the head
     online = EpisodeStore(run_dir / "episodes").episodes(source="online")
     assert online, "the packager recorded no online episode"
