@@ -248,7 +248,8 @@ def record_demos(root: Path, budget: Budget, log) -> Path:
     with MetaWorldEnv(budget.expert_task, image_size=budget.image_size, max_steps=budget.max_steps) as env:
         while have < budget.demos:
             if failures > budget.demos:
-                raise RuntimeError(f"the scripted expert failed {failures} times on {budget.expert_task}")
+                raise RuntimeError(f"the scripted expert failed {failures} times on {budget.expert_task} within "
+                                   f"--max-steps {budget.max_steps} (it needs ~60 steps per press)")
             obs = env.reset(seed=seed)
             rec = writer.begin(EpisodeMeta(task=obs["instruction"], source="expert", cameras=CAMERAS, fps=12.5,
                                            extra={"metaworld_task": budget.expert_task, "seed": seed}))
