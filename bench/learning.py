@@ -42,6 +42,7 @@ from irevla_ros.core.rl.demos import encode_demo_features  # noqa: E402
 from irevla_ros.core.rl.learner import OnlineLearner  # noqa: E402
 from irevla_ros.core.sft.train import SFTConfig, StepDataset, train  # noqa: E402
 from irevla_ros.sim.evaluate import evaluate_policy, proprio_of  # noqa: E402
+from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, render_scenes  # noqa: E402
 
 CAMERAS = ("wrist", "front")
 ARMS = ("sft", "irevla", "noreplay", "whole")
@@ -51,7 +52,10 @@ ARMS = ("sft", "irevla", "noreplay", "whole")
 class Budget:
     expert_task: str = "button"
     new_task: str = "button_novel"
-    preset: str = "tiny-sim"
+    preset: str = "tiny-llava-sim"
+    pretrain_steps: int = 800
+    """Stage 0a before SFT-0 (irevla_ros/sim/pretrain.py; 0 = off, the round-2 numbers)."""
+    pretrain_layouts: int = 400
     demos: int = 60
     sft0_steps: int = 600
     iterations: int = 2
@@ -208,6 +212,10 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
     sft0 = work / f"sft0-seed{seed}"
     if not sft0.is_dir():
         model = VLAModel.from_preset(budget.preset, num_cameras=len(CAMERAS), seed=seed, head={"proprio_dim": 8})
+        if budget.pretrain_steps:
+            config = PretrainConfig(layouts=budget.pretrain_layouts, steps=budget.pretrain_steps, seed=seed)
+            frames = render_scenes([budget.expert_task], config, image_size=budget.image_size, cameras=CAMERAS)
+            log(f"seed {seed}: stage 0a {pretrain_backbone(model, frames, config)}")
         model = sft(model, train_eps, val_eps, budget.sft0_steps, "full", seed)
         model.save_pretrained(sft0, version="sft0")
     started = time.monotonic()
