@@ -90,7 +90,10 @@ def pretrain_backbone(model, frames: SceneFrames, config: PretrainConfig,
     generator = torch.Generator().manual_seed(config.seed)
     probe = nn.Sequential(nn.Flatten(), nn.Linear(image_tokens * dim, 256), nn.GELU(), nn.Linear(256, 9))
     for p in probe.parameters():  # seeded init, independent of the global RNG
-        nn.init.normal_(p, std=0.02, generator=generator) if p.dim() > 1 else nn.init.zeros_(p)
+        if p.dim() > 1:
+            nn.init.normal_(p, std=0.02, generator=generator)
+        else:
+            nn.init.zeros_(p)
     params = [p for p in model.backbone.parameters() if p.requires_grad] + list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
     rng = np.random.default_rng(config.seed)
