@@ -82,6 +82,9 @@ class FrankySimHost:
         """Make the server abort the running (or next) motion: libfranka raises 'Move command preempted!'."""
         self._inject.set()
 
+    def injection_pending(self) -> bool:
+        return self._inject.is_set()
+
     def watch(self, box: WorkspaceBox | None) -> None:
         """Start checking the EE against `box` (fresh counters), or stop checking (None: results kept)."""
         if box is not None:
@@ -274,6 +277,25 @@ def test_injected_preemption_is_recovered_and_reported(controller, franky_sim):
     assert controller.status().recoveries == recoveries + 1
     target = controller.on_action([0, 0, -1.0, 0, 0, 0, 0])  # and it moves again
     assert controller.mode == TRACKING and controller.box.contains(target)
+
+
+def test_reset_goes_home_after_the_running_motion_failed_unnoticed(controller, franky_sim):
+    """A reset comes to rest before its joint motion; if the motion it stops has already failed (here a
+    preemption the controller has not polled yet; on CI once a stop motion franky could not plan), the reset
+    clears the error and still goes home instead of failing."""
+    _fresh(controller)
+    _stream(controller, [1.0, 0, 0, 0, 0, 0, 0], 3)  # moving: a Cartesian motion is running
+    franky_sim.inject_preemption()
+    deadline = time.monotonic() + 2.0
+    while franky_sim.injection_pending() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not franky_sim.injection_pending(), "the simulator never preempted the running motion"
+    assert controller.mode == TRACKING  # not polled: the controller does not know yet
+    controller.reset()
+    err = np.abs(controller.robot.read_state().joint_positions - np.asarray(HOME_JOINTS))
+    assert err.max() < HOME_TOL, f"joint error after reset {err.round(4).tolist()} rad"
+    assert controller.mode == IDLE and controller.on_action([0, 0, -1.0, 0, 0, 0, 0]) is not None
+    assert controller.mode == TRACKING
 
 
 def test_estop_latches_until_recover(controller, franky_sim):

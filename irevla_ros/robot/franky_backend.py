@@ -205,14 +205,31 @@ class FrankyRobot(Robot):
         """Blocking joint motion; `relative_speed` multiplies the robot's relative_dynamics_factor."""
         f = self._franky
         # franky cannot preempt a Cartesian motion with a joint motion: come to rest first.
-        self.hold()
-        if self.robot.is_in_control and not self._call("settle before joint motion", self.robot.join_motion, 10.0):
-            raise RobotError("the arm did not come to rest within 10 s before the joint motion")
+        self._come_to_rest()
         motion = f.JointMotion(np.asarray(joints, dtype=np.float64),
                                relative_dynamics_factor=float(np.clip(relative_speed, 0.01, 1.0)))
         self._call("move_joints", self.robot.move, motion, asynchronous=True)
         while not self._call("move_joints", self.robot.join_motion, 0.05):
             pass
+
+    def _come_to_rest(self) -> None:
+        """Stop the running motion (hold()) and wait for it to end. An error on the way means libfranka has
+        already aborted the motion and the arm stands: a stop motion sent while the arm barely moves can make
+        franky's planner fail ("Motion planner failed with error code -111", seen on a loaded CI machine right
+        after a watchdog hold), an earlier asynchronous motion may have failed unnoticed, or a preemption can
+        land on the stop. None of these should fail the reset that asked for the joint motion (a reset recovers
+        from errors anyway), so the error is logged and cleared and the joint motion goes ahead; a recovery
+        that fails is raised."""
+        try:
+            self.hold()
+            settled = not self.robot.is_in_control or self._call("settle before joint motion",
+                                                                 self.robot.join_motion, 10.0)
+        except RobotError as exc:
+            log.warning("the motion before a joint motion ended in an error (the arm stands; recovering): %s", exc)
+            self.recover()
+            settled = not self.robot.is_in_control
+        if not settled:
+            raise RobotError("the arm did not come to rest within 10 s before the joint motion")
 
     def gripper_open(self) -> None:
         if self._gripper is None:
