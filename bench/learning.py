@@ -40,6 +40,7 @@ from irevla_ros.core.model.vla import VLAModel  # noqa: E402
 from irevla_ros.core.rl.config import RLConfig  # noqa: E402
 from irevla_ros.core.rl.demos import encode_demo_features  # noqa: E402
 from irevla_ros.core.rl.learner import OnlineLearner  # noqa: E402
+from irevla_ros.core.sft.jobs import TASK_BALANCE  # noqa: E402
 from irevla_ros.core.sft.train import SFTConfig, StepDataset, train  # noqa: E402
 from irevla_ros.sim.evaluate import evaluate_policy, proprio_of  # noqa: E402
 from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, render_scenes  # noqa: E402
@@ -56,6 +57,8 @@ class Budget:
     pretrain_steps: int = 800
     """Stage 0a before SFT-0 (irevla_ros/sim/pretrain.py; 0 = off, the round-2 numbers)."""
     pretrain_layouts: int = 400
+    pretrain_scenes: str = "expert"
+    """Stage-0a scenes: "expert" (as `irevla sim`) or "all" (expert and new task; LoopConfig.pretrain_scenes)."""
     demos: int = 60
     sft0_steps: int = 600
     iterations: int = 2
@@ -63,6 +66,8 @@ class Budget:
     """Online episodes per stage-1 phase (half on the expert task, half on the new one)."""
     sft2_steps: int = 300
     sft2_mode: str = "lora"
+    sft2_task_balance: str = "sqrt"
+    """Stage 2: split of the online share between instructions (JobConfig.online_task_balance)."""
     utd: float = 1.0
     actor_warmup: int = 500
     """Critic-only updates before the actor moves (RLConfig.actor_warmup_updates)."""
@@ -72,6 +77,12 @@ class Budget:
     warmup: int = 128
     eval_episodes: int = 20
     image_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.sft2_task_balance not in TASK_BALANCE:
+            raise ValueError(f"sft2_task_balance must be one of {TASK_BALANCE}, got {self.sft2_task_balance!r}")
+        if self.pretrain_scenes not in ("all", "expert"):
+            raise ValueError(f"pretrain_scenes must be 'all' or 'expert', got {self.pretrain_scenes!r}")
 
 
 def record_demos(root: Path, task: str, n: int, image_size: int) -> Path:
@@ -95,14 +106,14 @@ def split(episodes: list, held_out: int = 4) -> tuple[list, list]:
 
 
 def sft(model: VLAModel, episodes: list, val: list, steps: int, mode: str, seed: int, online: list = (),
-        expert_fraction: float = 0.5) -> VLAModel:
-    """Expert `episodes` + `online` successes; with both, `expert_fraction` of the samples are expert (the
-    packager's stage-2 mix, JobConfig.expert_fraction)."""
+        expert_fraction: float = 0.5, online_task_balance: str = "none") -> VLAModel:
+    """Expert `episodes` + `online` successes; with both, `expert_fraction` of the samples are expert and the
+    online share is split between instructions by `online_task_balance` (the packager's stage-2 mix, JobConfig)."""
     config = SFTConfig(mode=mode, steps=steps, batch_size=32, seed=seed, val_every=steps)
     groups = {e.info.episode_id: "online" for e in online}
     data = StepDataset([*episodes, *online], CAMERAS, groups)
     return train(model, data, StepDataset(val, CAMERAS), config, expert_fraction=expert_fraction if episodes else 1.0,
-                 progress=False).model
+                 online_task_balance=online_task_balance, progress=False).model
 
 
 class Stage1:
@@ -214,7 +225,8 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
         model = VLAModel.from_preset(budget.preset, num_cameras=len(CAMERAS), seed=seed, head={"proprio_dim": 8})
         if budget.pretrain_steps:
             config = PretrainConfig(layouts=budget.pretrain_layouts, steps=budget.pretrain_steps, seed=seed)
-            frames = render_scenes([budget.expert_task], config, image_size=budget.image_size, cameras=CAMERAS)
+            tasks = [budget.expert_task] + ([budget.new_task] if budget.pretrain_scenes == "all" else [])
+            frames = render_scenes(tasks, config, image_size=budget.image_size, cameras=CAMERAS)
             log(f"seed {seed}: stage 0a {pretrain_backbone(model, frames, config)}")
         model = sft(model, train_eps, val_eps, budget.sft0_steps, "full", seed)
         model.save_pretrained(sft0, version="sft0")
@@ -252,7 +264,7 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
             expert_replay = train_eps if arm == "irevla" else []
             if successes or expert_replay:
                 model = sft(model, expert_replay, val_eps, budget.sft2_steps, budget.sft2_mode, seed + it,
-                            online=successes)
+                            online=successes, online_task_balance=budget.sft2_task_balance)
         model_dir = stage / "model"
         model.save_pretrained(model_dir, version=f"it{it}")
         model = VLAModel.from_pretrained(model_dir)
@@ -280,6 +292,22 @@ def table(results: list[dict], budget: Budget) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str]) -> int:
+    """One table from several --json files of the same budget."""
+    loaded = [json.loads(Path(path).read_text()) for path in paths]
+    budgets = {json.dumps(d["budget"], sort_keys=True) for d in loaded}
+    if len(budgets) != 1:
+        print("learning.py --merge: the files were run with different budgets", file=sys.stderr)
+        return 2
+    budget = Budget(**loaded[0]["budget"])
+    results = [r for d in loaded for r in d["results"]]
+    seeds = sorted({r["seed"] for r in results})
+    print(f"\niRe-VLA comparison (merged), tiny VLA, seeds {seeds}, {budget.eval_episodes} eval episodes per task, "
+          f"{budget.online_episodes} online episodes per iteration\n")
+    print(table(results, budget))
+    return 0
+
+
 def main(argv=None) -> int:
     defaults = Budget()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -288,10 +316,14 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--work", default="", help="cache folder (demos, SFT-0 models); default: a temp folder")
     p.add_argument("--json", default="", help="also write the raw results here")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                   help="print the table of earlier --json files (e.g. one per seed, run in parallel) and exit")
     for f in dataclasses.fields(Budget):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name))
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge)
     budget = Budget(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budget)})
     torch.set_num_threads(1)  # 2 threads on a busy 2-core machine made SFT steps ~15x slower (docs/sim.md)
     work = Path(args.work or tempfile.mkdtemp(prefix="irevla-learning-"))

@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 CAMERAS = ("wrist", "front")
+PRETRAIN_SCENES = ("all", "expert")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class LoopConfig:
     0 = off."""
     pretrain_layouts: int = 400
     """Random scenes (x 6 frames) rendered for stage 0a."""
+    pretrain_scenes: str = "expert"
+    """Whose scenes stage 0a renders: "expert" (the expert tasks') or "all" (also the new tasks': a web-pretrained
+    VLM has seen orange buttons too; perception labels only, no new-task actions or rewards). Measured through the
+    graph, one seed each (bench/README.md): "all" raised the new task's online success (~5 % -> ~15 %) but the
+    expert task's SFT-0 and online success fell (15 -> 0 %, ~45 -> ~15 %; half the rendered scenes per task)."""
     proprio_dim: int = 8
     """Robot state (EE pose + gripper width) fed to the head next to the VLM features (0 = images + text only)."""
     image_size: int = 128
@@ -87,6 +93,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if not (0.0 < self.minutes <= 24 * 60):
             raise ValueError(f"minutes must be in (0, 1440], got {self.minutes}")
+        if self.pretrain_scenes not in PRETRAIN_SCENES:
+            raise ValueError(f"pretrain_scenes must be one of {PRETRAIN_SCENES}, got {self.pretrain_scenes!r}")
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
@@ -101,6 +109,10 @@ class LoopConfig:
             raise ValueError("expert_tasks must name at least one task")
         for task in (*self.expert_tasks, *self.new_tasks):
             get_task(task)  # ValueError naming the known tasks
+
+    def pretrain_tasks(self) -> tuple[str, ...]:
+        """The tasks whose scenes stage 0a renders (round robin)."""
+        return self.expert_tasks + (self.new_tasks if self.pretrain_scenes == "all" else ())
 
 
 @dataclass
@@ -280,6 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sim labels, the stand-in for a pretrained VLM; 0 = off)")
     parser.add_argument("--pretrain-layouts", type=int, default=defaults.pretrain_layouts,
                         help="stage 0a: random scenes rendered (6 frames each)")
+    parser.add_argument("--pretrain-scenes", choices=PRETRAIN_SCENES, default=defaults.pretrain_scenes,
+                        help="stage 0a: render the expert tasks' scenes only, or the expert and new tasks' ('all', "
+                        "a VLM that has seen every colour)")
     parser.add_argument("--web", action="store_true", help="also serve the Foxglove live view on localhost")
 
 
@@ -294,7 +309,7 @@ def run(ns: argparse.Namespace) -> int:
                             expert_interventions=ns.expert_interventions,
                             expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks),
                             preset=ns.preset, pretrain_steps=ns.pretrain_steps,
-                            pretrain_layouts=ns.pretrain_layouts)
+                            pretrain_layouts=ns.pretrain_layouts, pretrain_scenes=ns.pretrain_scenes)
     except ValueError as exc:
         print(f"irevla sim: {exc}", file=sys.stderr)
         return 2
@@ -351,13 +366,14 @@ class SimLoop:
 
         config = PretrainConfig(layouts=self.config.pretrain_layouts, steps=self.config.pretrain_steps,
                                 seed=self.config.seed)
+        tasks = self.config.pretrain_tasks()
         self._say(f"[stage 0a] rendering {config.layouts * config.frames_per_layout} frames of random "
-                  f"{'/'.join(self.config.expert_tasks)} scenes (the sim stand-in for a pretrained VLM)")
-        frames = render_scenes(self.config.expert_tasks, config, image_size=self.config.image_size, cameras=CAMERAS)
+                  f"{'/'.join(tasks)} scenes (the sim stand-in for a pretrained VLM)")
+        frames = render_scenes(tasks, config, image_size=self.config.image_size, cameras=CAMERAS)
         metrics = pretrain_backbone(model, frames, config, log=self._say)
         self._say(f"[stage 0a] object position error {metrics['object_error_cm_before']} -> "
                   f"{metrics['object_error_cm_after']} cm (chance {metrics['object_error_cm_chance']})")
-        (self.root / "stage0a_metrics.json").write_text(json.dumps(metrics, indent=2))
+        (self.root / "stage0a_metrics.json").write_text(json.dumps({"tasks": list(tasks), **metrics}, indent=2))
 
     def stage0_sft(self) -> None:
         import torch
@@ -513,8 +529,11 @@ class SimLoop:
         path = self.root / "stage0_settings.json"
         wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()
                   if k in self.STAGE0_KEYS}
+        wanted["pretrain_tasks"] = list(self.config.pretrain_tasks()) if self.config.pretrain_steps else []
         if path.exists():
             cached = json.loads(path.read_text())
+            if "pretrain_tasks" not in cached:  # written before the key existed: stage 0a used the expert tasks
+                cached["pretrain_tasks"] = cached.get("expert_tasks", []) if cached.get("pretrain_steps") else []
             changed = sorted(k for k in wanted if cached.get(k) != wanted[k])
             if changed:
                 raise ValueError(f"{self.root} was prepared with other stage-0 settings ({', '.join(changed)}: "

@@ -42,6 +42,7 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     assert json.loads((run_dir / "stage0_metrics.json").read_text())["steps"] == 20
     pretrain = json.loads((run_dir / "stage0a_metrics.json").read_text())  # stage 0a ran before the SFT
     assert pretrain["steps"] == 20 and pretrain["frames"] == 24
+    assert pretrain["tasks"] == ["button"]  # default: the expert tasks' scenes
     # stage 1: online episodes recorded by the packager, flagged as interventions; the learner updated the head
     online = EpisodeStore(run_dir / "episodes").episodes(source="online")
     assert online, "the packager recorded no online episode"
@@ -61,3 +62,16 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     for name in ("eval_sft0.json", "eval_final.json"):
         assert set(json.loads((run_dir / name).read_text())) == {*LoopConfig.expert_tasks, *LoopConfig.new_tasks}
     assert "irevla sim summary" in result.stdout
+
+
+def test_stage0_cache_refuses_a_run_folder_pretrained_on_other_scenes(tmp_path):
+    """A run folder whose SFT-0 model was pretrained on the expert scenes only is not reused for "all"."""
+    from irevla_ros.loop import LoopConfig, SimLoop
+
+    SimLoop(LoopConfig(run_dir=str(tmp_path))).check_stage0_cache()
+    assert json.loads((tmp_path / "stage0_settings.json").read_text())["pretrain_tasks"] == ["button"]
+    SimLoop(LoopConfig(run_dir=str(tmp_path), pretrain_scenes="expert")).check_stage0_cache()  # same: reused
+    with pytest.raises(ValueError, match="pretrain_tasks"):
+        SimLoop(LoopConfig(run_dir=str(tmp_path), pretrain_scenes="all")).check_stage0_cache()
+    with pytest.raises(ValueError, match="pretrain_scenes must be one of"):
+        LoopConfig(run_dir=str(tmp_path), pretrain_scenes="new")

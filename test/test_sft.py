@@ -69,6 +69,26 @@ def test_selection_mixing_and_split(tmp_path):
                       JobConfig(), job_id="x", stage=0, iteration=0, version="1", base_model=None)
 
 
+def test_online_task_balance_shares_the_online_draws_between_instructions():
+    groups = ["expert"] * 10 + ["online"] * 100
+    tasks = ["press the red button"] * 10 + ["press the red button"] * 81 + ["press the orange button"] * 19
+    by_task = {}
+    for balance, red_share in (("none", 81 / 100), ("sqrt", 9 / (9 + 19 ** 0.5)), ("equal", 0.5)):
+        w = mixing_weights(groups, 0.5, tasks, balance).numpy()
+        assert np.isclose(w[:10].sum(), w[10:].sum())  # the expert share is untouched
+        by_task[balance] = w[10:91].sum() / w[10:].sum()
+        assert np.isclose(by_task[balance], red_share), (balance, by_task[balance])
+    assert by_task["none"] > by_task["sqrt"] > by_task["equal"]  # the rare task gets more with each
+    only_online = mixing_weights(["online"] * 4, 0.5, ["a", "a", "a", "b"], "equal").numpy()
+    assert np.isclose(only_online[3], 0.5) and np.isclose(only_online.sum(), 1.0)
+    with pytest.raises(ValueError, match="online_task_balance"):
+        mixing_weights(groups, 0.5, tasks, "inverse")
+    with pytest.raises(ValueError, match="one task per sample"):
+        mixing_weights(groups, 0.5, tasks[:5], "sqrt")
+    with pytest.raises(ValueError, match="online_task_balance"):
+        JobConfig(online_task_balance="inverse")
+
+
 def test_bad_sft_settings_rejected():
     with pytest.raises(ValueError, match="mode"):
         SFTConfig(mode="qlora")

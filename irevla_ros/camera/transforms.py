@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from irevla_ros.core.safety.pose import matrix_from_quat, normalize_quaternion, quat_from_matrix
+
 
 def make_transform(rotation: np.ndarray, translation) -> np.ndarray:
     T = np.eye(4)
@@ -44,33 +46,13 @@ def rotation_axis(R: np.ndarray) -> np.ndarray:
 
 
 def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
-    """(x, y, z, w) with w >= 0, from a rotation matrix (Shepperd's method: stable for every angle)."""
-    R = np.asarray(R, dtype=np.float64)
-    trace = np.trace(R)
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = [0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = [(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
-    else:
-        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
+    """(x, y, z, w) with w >= 0 (one sign per rotation, so calibration files compare equal)."""
+    return quat_from_matrix(R)
 
 
 def matrix_from_quaternion(q) -> np.ndarray:
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """Rotation matrix of a quaternion (x, y, z, w) of any non-zero norm."""
+    return matrix_from_quat(normalize_quaternion(q))
 
 
 def pose_matrix(position, quaternion_xyzw) -> np.ndarray:

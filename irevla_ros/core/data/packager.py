@@ -65,6 +65,8 @@ class PackagerConfig:
     plateau_patience: int = 3
     max_iterations: int = 0
     expert_fraction: float = 0.5
+    online_task_balance: str = "sqrt"
+    """Stage 2: how the online share is split between instructions (none | sqrt | equal; JobConfig)."""
     max_expert_episodes: int = 0
     max_online_episodes: int = 200
     online_max_age_s: float = 0.0
@@ -116,7 +118,8 @@ class PackagerConfig:
                                max_iterations=self.max_iterations)
 
     def job_config(self) -> JobConfig:
-        return JobConfig(expert_fraction=self.expert_fraction, max_expert_episodes=self.max_expert_episodes,
+        return JobConfig(expert_fraction=self.expert_fraction, online_task_balance=self.online_task_balance,
+                         max_expert_episodes=self.max_expert_episodes,
                          max_online_episodes=self.max_online_episodes, online_max_age_s=self.online_max_age_s,
                          val_fraction=self.val_fraction, min_episodes=self.min_episodes)
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from irevla_ros.core.data.episodes import fsync_dir
+
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 _NAME_RE = re.compile(r"^ckpt-\d{9,}-\d+$")
@@ -30,14 +32,6 @@ _NAME_RE = re.compile(r"^ckpt-\d{9,}-\d+$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder that is incomplete or does not match its manifest."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -63,13 +57,13 @@ class CheckpointStore:
             _write_file(tmp / fname, data)
             manifest["files"][fname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, self.root / name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         latest_tmp = self.root / f".{LATEST}.{os.getpid()}.tmp"
         _write_file(latest_tmp, name.encode())
         os.replace(latest_tmp, self.root / LATEST)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._prune(name)
         return name
 

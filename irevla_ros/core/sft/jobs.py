@@ -4,7 +4,8 @@ A job folder is itself a small dataset root in the episode-store format (meta/ep
 data/...parquet), so the worker reads it with `EpisodeStore`; the job's signed manifest body carries the rest:
 
     {"id", "stage", "iteration", "version", "created", "cameras", "base_model", "train", "val",
-     "groups": {episode_id: "expert"|"online"}, "mix": {"expert_fraction"}, "sft": {SFTConfig overrides}}
+     "groups": {episode_id: "expert"|"online"}, "mix": {"expert_fraction", "online_task_balance"},
+     "sft": {SFTConfig overrides}}
 
 iRe-VLA stage 2 trains on expert demos AND the successful online episodes: the experts are replayed so the
 tasks already known are not forgotten; `expert_fraction` is the share of training samples drawn from them.
@@ -28,6 +29,7 @@ from irevla_ros.core.data.episodes import (
 )
 
 EXPERT, ONLINE = "expert", "online"
+TASK_BALANCE = ("none", "sqrt", "equal")
 
 
 class JobBuildError(ValueError):
@@ -40,6 +42,9 @@ class JobConfig:
     """Episode sources treated as demonstrations (always successful by construction, filtered anyway)."""
     expert_fraction: float = 0.5
     """Share of training samples drawn from expert episodes in stage 2 (replay against forgetting)."""
+    online_task_balance: str = "sqrt"
+    """How the online share is split between instructions: "none" (by samples), "sqrt", "equal" (train.py,
+    mixing_weights): a new task's few successes are not drowned by the expert task's many."""
     max_expert_episodes: int = 0
     """0 = all of them; otherwise the newest N."""
     max_online_episodes: int = 200
@@ -55,6 +60,8 @@ class JobConfig:
         self.expert_sources = tuple(self.expert_sources)
         if not 0.0 <= self.expert_fraction <= 1.0:
             raise ValueError(f"expert_fraction must be in [0, 1], got {self.expert_fraction!r}")
+        if self.online_task_balance not in TASK_BALANCE:
+            raise ValueError(f"online_task_balance must be one of {TASK_BALANCE}, got {self.online_task_balance!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("max_expert_episodes", "max_online_episodes", "min_episodes"):
@@ -161,7 +168,8 @@ def build_job_dir(selection: Selection, out_dir: str | Path, config: JobConfig, 
         "id": job_id, "stage": int(stage), "iteration": int(iteration), "version": str(version),
         "created": time.time(), "cameras": cameras or [], "base_model": dict(base_model) if base_model else None,
         "train": train, "val": val, "groups": groups,
-        "mix": {"expert_fraction": config.expert_fraction if selection.online else 1.0},
+        "mix": {"expert_fraction": config.expert_fraction if selection.online else 1.0,
+                "online_task_balance": config.online_task_balance},
         "counts": {"expert": len(selection.expert), "online": len(selection.online),
                    "steps": first},
         "sft": dict(sft or {}),

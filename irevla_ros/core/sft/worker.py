@@ -245,6 +245,7 @@ def process_job(spool: Spool, lease: Lease | None, work: Path, key: bytes, overr
     with hb:
         result = train(model, train_set, val_set, sft_cfg,
                        expert_fraction=float(body.get("mix", {}).get("expert_fraction", 1.0)),
+                       online_task_balance=str(body.get("mix", {}).get("online_task_balance", "none")),
                        log_dir=out / "logs" if main else None, check_lease=hb.alive if main else None,
                        progress=progress, accelerator=accelerator)
         if not main:
