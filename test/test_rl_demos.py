@@ -192,6 +192,7 @@ def test_stage2_worker_writes_demo_features_for_the_model_it_trained(tmp_path):
     body = build_job_dir(sel, tmp_path / "jobs" / "job-2", cfg, job_id="job-2", stage=2, iteration=1, version="2",
                          base_model={"preset": "tiny", "num_cameras": 1, "seed": 0, "head": HEAD},
                          sft={"mode": "lora", "steps": 3, "batch_size": 4, "val_every": 3})
+    assert body["mix"]["online_task_balance"] == "sqrt"  # the default travels in the signed body to the worker
     spool = Spool(f"file://{tmp_path / 'spool'}", key)
     spool.submit_job(tmp_path / "jobs" / "job-2", body)
     lease = spool.claim("test-worker")
