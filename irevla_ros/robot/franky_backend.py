@@ -208,7 +208,14 @@ class FrankyRobot(Robot):
         self._come_to_rest()
         motion = f.JointMotion(np.asarray(joints, dtype=np.float64),
                                relative_dynamics_factor=float(np.clip(relative_speed, 0.01, 1.0)))
-        self._call("move_joints", self.robot.move, motion, asynchronous=True)
+        try:
+            self._call("move_joints", self.robot.move, motion, asynchronous=True)
+        except RobotError as exc:
+            # franky reports a failed asynchronous motion on the next call: the stop motion's planner failure
+            # (-111) surfaced here on CI although the stop had already ended. Clear it and start once more.
+            log.warning("the joint motion was refused (recovering, one retry): %s", exc)
+            self.recover()
+            self._call("move_joints", self.robot.move, motion, asynchronous=True)
         while not self._call("move_joints", self.robot.join_motion, 0.05):
             pass
 
@@ -224,6 +231,8 @@ class FrankyRobot(Robot):
             self.hold()
             settled = not self.robot.is_in_control or self._call("settle before joint motion",
                                                                  self.robot.join_motion, 10.0)
+            if settled:
+                self._surface_async_error()  # the stopped motion's own failure, if it stored one
         except RobotError as exc:
             log.warning("the motion before a joint motion ended in an error (the arm stands; recovering): %s", exc)
             self.recover()
