@@ -43,7 +43,7 @@ from irevla_ros.core.rl.learner import OnlineLearner  # noqa: E402
 from irevla_ros.core.sft.jobs import TASK_BALANCE  # noqa: E402
 from irevla_ros.core.sft.train import SFTConfig, StepDataset, train  # noqa: E402
 from irevla_ros.sim.evaluate import evaluate_policy, proprio_of  # noqa: E402
-from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, render_scenes  # noqa: E402
+from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, pretrain_tasks, render_scenes  # noqa: E402
 
 CAMERAS = ("wrist", "front")
 ARMS = ("sft", "irevla", "noreplay", "whole")
@@ -81,8 +81,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.sft2_task_balance not in TASK_BALANCE:
             raise ValueError(f"sft2_task_balance must be one of {TASK_BALANCE}, got {self.sft2_task_balance!r}")
-        if self.pretrain_scenes not in ("all", "expert"):
-            raise ValueError(f"pretrain_scenes must be 'all' or 'expert', got {self.pretrain_scenes!r}")
+        pretrain_tasks([self.expert_task], [self.new_task], self.pretrain_scenes)  # ValueError if unknown
 
 
 def record_demos(root: Path, task: str, n: int, image_size: int) -> Path:
@@ -225,7 +224,7 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
         model = VLAModel.from_preset(budget.preset, num_cameras=len(CAMERAS), seed=seed, head={"proprio_dim": 8})
         if budget.pretrain_steps:
             config = PretrainConfig(layouts=budget.pretrain_layouts, steps=budget.pretrain_steps, seed=seed)
-            tasks = [budget.expert_task] + ([budget.new_task] if budget.pretrain_scenes == "all" else [])
+            tasks = pretrain_tasks([budget.expert_task], [budget.new_task], budget.pretrain_scenes)
             frames = render_scenes(tasks, config, image_size=budget.image_size, cameras=CAMERAS)
             log(f"seed {seed}: stage 0a {pretrain_backbone(model, frames, config)}")
         model = sft(model, train_eps, val_eps, budget.sft0_steps, "full", seed)

@@ -27,7 +27,6 @@ from rich.live import Live
 from rich.table import Table
 
 CAMERAS = ("wrist", "front")
-PRETRAIN_SCENES = ("all", "expert")
 
 
 @dataclass
@@ -93,8 +92,7 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if not (0.0 < self.minutes <= 24 * 60):
             raise ValueError(f"minutes must be in (0, 1440], got {self.minutes}")
-        if self.pretrain_scenes not in PRETRAIN_SCENES:
-            raise ValueError(f"pretrain_scenes must be one of {PRETRAIN_SCENES}, got {self.pretrain_scenes!r}")
+        self.pretrain_tasks()  # ValueError for an unknown pretrain_scenes
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
@@ -112,7 +110,9 @@ class LoopConfig:
 
     def pretrain_tasks(self) -> tuple[str, ...]:
         """The tasks whose scenes stage 0a renders (round robin)."""
-        return self.expert_tasks + (self.new_tasks if self.pretrain_scenes == "all" else ())
+        from irevla_ros.sim.pretrain import pretrain_tasks
+
+        return pretrain_tasks(self.expert_tasks, self.new_tasks, self.pretrain_scenes)
 
 
 @dataclass
@@ -292,7 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sim labels, the stand-in for a pretrained VLM; 0 = off)")
     parser.add_argument("--pretrain-layouts", type=int, default=defaults.pretrain_layouts,
                         help="stage 0a: random scenes rendered (6 frames each)")
-    parser.add_argument("--pretrain-scenes", choices=PRETRAIN_SCENES, default=defaults.pretrain_scenes,
+    parser.add_argument("--pretrain-scenes", default=defaults.pretrain_scenes, metavar="{expert,all}",
                         help="stage 0a: render the expert tasks' scenes only, or the expert and new tasks' ('all', "
                         "a VLM that has seen every colour)")
     parser.add_argument("--web", action="store_true", help="also serve the Foxglove live view on localhost")

@@ -19,6 +19,14 @@ import torch
 from torch import nn
 
 TARGET_SCALE = 10.0  # metres -> decimetres: targets of order 1 for the MSE
+PRETRAIN_SCENES = ("all", "expert")
+
+
+def pretrain_tasks(expert_tasks: Sequence[str], new_tasks: Sequence[str], scenes: str) -> tuple[str, ...]:
+    """The tasks whose scenes stage 0a renders: the expert tasks', plus the new tasks' with scenes="all"."""
+    if scenes not in PRETRAIN_SCENES:
+        raise ValueError(f"pretrain_scenes must be one of {PRETRAIN_SCENES}, got {scenes!r}")
+    return tuple(expert_tasks) + (tuple(new_tasks) if scenes == "all" else ())
 
 
 @dataclass
