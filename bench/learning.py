@@ -60,7 +60,8 @@ class Budget:
     pretrain_scenes: str = "expert"
     """Stage-0a scenes: "expert" (as `irevla sim`) or "all" (expert and new task; LoopConfig.pretrain_scenes)."""
     demos: int = 60
-    sft0_steps: int = 600
+    sft0_steps: int = 1500
+    """As LoopConfig.sft0_steps (600 until round 5: SFT-0 was under-trained)."""
     iterations: int = 2
     online_episodes: int = 60
     """Online episodes per stage-1 phase (half on the expert task, half on the new one)."""
@@ -76,6 +77,8 @@ class Budget:
     batch: int = 128
     warmup: int = 128
     eval_episodes: int = 20
+    eval_stage1: int = 1
+    """1: also evaluate each iteration's stage-1 policy (RL head, before stage 2): tells which stage moved it."""
     image_size: int = 128
 
     def __post_init__(self) -> None:
@@ -255,6 +258,9 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
                                                writer if arm != "whole" else None))
         log(f"{arm} seed {seed} it {it}: online successes {ok}, {stage1.learner.algo.updates} head updates")
         stage1.learner.close(checkpoint=False)
+        after_stage1 = evaluate(model, budget) if budget.eval_stage1 else None
+        if after_stage1 is not None:
+            log(f"{arm} seed {seed} it {it}: after stage 1 {after_stage1}")
         if arm == "whole":
             model.merge_lora()
         else:
@@ -268,7 +274,8 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
         model.save_pretrained(model_dir, version=f"it{it}")
         model = VLAModel.from_pretrained(model_dir)
         history.append({"iteration": it, **evaluate(model, budget),
-                        "minutes": round((time.monotonic() - started) / 60, 1)})
+                        "minutes": round((time.monotonic() - started) / 60, 1), "online_successes": ok,
+                        **({"stage1": after_stage1} if after_stage1 is not None else {})})
         log(f"{arm} seed {seed} it {it}: {history[-1]}")
     return {"arm": arm, "seed": seed, "history": history}
 
@@ -286,6 +293,10 @@ def table(results: list[dict], budget: Budget) -> str:
                 v = np.array([row[key] for row in rows]) * 100
                 return f"{v.mean():.0f} ± {v.std():.0f} %"
             minutes = np.mean([row["minutes"] for row in rows])
+            stage1 = [row["stage1"] for row in rows if "stage1" in row]
+            if len(stage1) == len(rows):  # the same iteration's RL head before its stage 2
+                lines.append(f"| {arm} | {it}, stage 1 only | {cell(budget.expert_task, stage1)} | "
+                             f"{cell(budget.new_task, stage1)} | | {len(rows)} |")
             lines.append(f"| {arm} | {it} | {cell(budget.expert_task)} | {cell(budget.new_task)} | {minutes:.1f} | "
                          f"{len(rows)} |")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -57,8 +58,10 @@ class LoopConfig:
     proprio_dim: int = 8
     """Robot state (EE pose + gripper width) fed to the head next to the VLM features (0 = images + text only)."""
     image_size: int = 128
-    sft0_steps: int = 600
-    """Stage-0 SFT updates (batch 32): about three minutes on 2 CPU cores with the tiny-sim model."""
+    sft0_steps: int = 1500
+    """Stage-0 SFT updates (batch 32; ~4-5 min on 2 CPU cores, cached). 600 left the policy under-trained: in
+    bench/learning.py, 3 seeds, SFT-0 on button / button_novel went 53 +- 29 % / 42 +- 18 % -> 87 +- 12 % / 48 +- 15 %
+    with 1500 (docs/architecture.md, "Stage 0 was under-trained")."""
     sft_every_n_successes: int = 5
     """Stage 1 -> stage 2 after this many successful online episodes. Online success of the sim policy is a few
     per cent, and in bench/learning.py 4-5 successes in stage 2 already lifted the new task."""
@@ -72,6 +75,8 @@ class LoopConfig:
     `minutes`)."""
     sft2_steps: int = 300
     """Stage-2 SFT updates per job (run by the local sft worker)."""
+    sft2_lr: float = 1e-3
+    """Stage-2 learning rate of the LoRA adapters and the head (the packager's `sft_lr`)."""
     max_episode_steps: int = 40
     actor_warmup_updates: int = 500
     """Stage 1: critic-only updates before the SFT'd actor moves (docs/architecture.md: plain RLPD dragged the
@@ -101,6 +106,11 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.algorithm not in ("sac", "ppo"):
             raise ValueError(f"algorithm must be sac or ppo, got {self.algorithm!r}")
+        if not (math.isfinite(self.sft2_lr) and self.sft2_lr > 0):
+            raise ValueError(f"sft2_lr must be a finite number > 0, got {self.sft2_lr!r}")
+        if not (math.isfinite(self.bc_coef) and self.bc_coef >= 0) or self.actor_warmup_updates < 0:
+            raise ValueError(f"bc_coef must be finite and >= 0 and actor_warmup_updates >= 0, got "
+                             f"{self.bc_coef!r} and {self.actor_warmup_updates!r}")
         from irevla_ros.sim.tasks import get_task
 
         if not self.expert_tasks:
@@ -125,6 +135,8 @@ class LiveStatus:
     episodes: int = 0
     started: float = field(default_factory=time.monotonic)
     recent: dict[str, deque] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
+    totals: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    """Per task id: [online episodes, successes] since the monitor started."""
     last_event: str = ""
     updates_per_s: float = 0.0
     rl_updates: int = 0
@@ -134,9 +146,17 @@ class LiveStatus:
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "iteration": self.iteration, "policy_version": self.policy_version,
-                "episodes": self.episodes, "successes": {t: int(sum(v)) for t, v in self.recent.items()},
+                "episodes": self.episodes,
+                "successes_last_20": {t: int(sum(v)) for t, v in self.recent.items()},
+                "per_task": {t: {"episodes": n, "successes": k} for t, (n, k) in self.totals.items()},
                 "rl_updates": self.rl_updates, "head_versions": self.head_versions,
                 "full_reloads": self.full_reloads, "versions_seen": self.versions_seen}
+
+    def record_episode(self, task: str, success: bool) -> None:
+        self.episodes += 1
+        self.recent[task].append(success)
+        self.totals[task][0] += 1
+        self.totals[task][1] += int(success)
 
     def success_rate(self, tasks) -> float | None:
         results = [s for t in tasks for s in self.recent.get(t, ())]
@@ -205,9 +225,8 @@ class GraphMonitor:
         except json.JSONDecodeError:
             return
         if event.get("event") == "end":
-            self.status.episodes += 1
             task = str(event.get("task") or event.get("instruction") or "?")
-            self.status.recent[task].append(bool(event.get("success")))
+            self.status.record_episode(task, bool(event.get("success")))
 
     def _rl(self, msg) -> None:
         try:
@@ -279,6 +298,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft-max-val-mse-ratio", type=float, default=defaults.sft_max_val_mse_ratio,
                         help="refuse a stage-2 result whose held-out action error is above this x the current one")
     parser.add_argument("--sft2-steps", type=int, default=defaults.sft2_steps, help="stage-2 SFT updates per job")
+    parser.add_argument("--sft2-lr", type=float, default=defaults.sft2_lr,
+                        help="stage-2 learning rate (LoRA adapters and head)")
+    parser.add_argument("--bc-coef", type=float, default=defaults.bc_coef,
+                        help="stage 1: behaviour-cloning anchor on the demo rows of each SAC batch")
+    parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
+                        help="stage 1: critic-only updates before the actor moves")
     parser.add_argument("--max-episode-steps", type=int, default=defaults.max_episode_steps)
     parser.add_argument("--expert-interventions", action="store_true",
                         help="the scripted expert intervenes like a teleoperator (shows stage 2 quickly)")
@@ -304,6 +329,7 @@ def run(ns: argparse.Namespace) -> int:
                             sft0_steps=ns.sft0_steps, eval_episodes=ns.eval_episodes, seed=ns.seed,
                             algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
+                            sft2_lr=ns.sft2_lr, bc_coef=ns.bc_coef, actor_warmup_updates=ns.actor_warmup_updates,
                             stop_after_iterations=ns.stop_after_iterations,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
                             expert_interventions=ns.expert_interventions,
@@ -465,6 +491,7 @@ class SimLoop:
                                                   "expert_dataset_dirs": str(self.demos_dir),
                                                   "sft_every_n_successes": self.config.sft_every_n_successes,
                                                   "sft_steps": self.config.sft2_steps,
+                                                  "sft_lr": self.config.sft2_lr,
                                                   "max_val_mse_ratio": self.config.sft_max_val_mse_ratio}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
                                             "demo_dir": str(self.demo_features_dir),

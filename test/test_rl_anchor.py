@@ -80,3 +80,46 @@ def test_the_anchor_ignores_online_rows(tmp_path):
         assert float(learner._bc_loss(normalize_tokens(b["features"]), None, b)) == 0.0
         b["intervention"][:4] = 1.0
         assert float(learner._bc_loss(normalize_tokens(b["features"]), None, b)) > 0.0
+
+
+def _log_std_after_entropy_pressure(max_log_std: float, tmp_path) -> float:
+    """Mean log std of the actor after 40 updates whose loss rewards entropy above all (large alpha, high target)."""
+    torch.manual_seed(0)
+    head = HeadConfig(feature_dim=D, num_learned_tokens=2, hidden_dim=32, max_log_std=max_log_std)
+    learner = SACLearner(head, RLConfig(run_dir=str(tmp_path), batch_size=16, actor_lr=3e-3, init_alpha=1.0,
+                                        target_entropy=10.0, actor_warmup_updates=0, bc_coef=0.0))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        learner.update(_batch(rng, 16, np.zeros(7, np.float32), demo=False))
+    probe = torch.from_numpy(_batch(np.random.default_rng(1), 32, np.zeros(7, np.float32), demo=False).features)
+    with torch.no_grad():
+        _, log_std = learner.actor(probe.float())  # what the policy samples with
+    return float(log_std.mean())
+
+
+def test_stage1_never_widens_the_exploration_noise_beyond_the_heads_cap(tmp_path):
+    from irevla_ros.core.model.head import INIT_LOG_STD, LOG_STD_MAX
+
+    uncapped = _log_std_after_entropy_pressure(LOG_STD_MAX, tmp_path / "a")
+    assert uncapped > INIT_LOG_STD + 0.1  # the pressure is real: without the cap the noise widens
+    capped = _log_std_after_entropy_pressure(INIT_LOG_STD, tmp_path / "b")
+    assert capped <= INIT_LOG_STD + 1e-6
+
+
+def test_head_config_matching_fills_fields_an_older_payload_lacks():
+    from dataclasses import asdict
+
+    from irevla_ros.core.model.head import LOG_STD_MAX
+
+    head = HeadConfig(feature_dim=D, num_learned_tokens=2, hidden_dim=32)
+    older = {k: v for k, v in asdict(head).items() if k != "max_log_std"}
+    assert head.matches(older) and head.matches(asdict(head))
+    assert not head.matches({**asdict(head), "max_log_std": LOG_STD_MAX})
+    assert not head.matches({**asdict(head), "hidden_dim": 64}) and not head.matches(None)
+    assert not head.matches({**asdict(head), "unknown": 1})
+    for bad in (-6.0, 2.5, float("nan")):
+        try:
+            HeadConfig(feature_dim=D, max_log_std=bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"max_log_std={bad} was accepted")

@@ -9,7 +9,7 @@ self-contained: it takes feature tokens [B, T, D] and nothing else from the back
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -33,6 +33,12 @@ class HeadConfig:
     proprio_dim: int = 0
     """Robot state appended after pooling (0 = images + language only, as in the paper)."""
     action_dim: int = ACTION_DIM
+    max_log_std: float = INIT_LOG_STD
+    """Upper bound of the exploration noise's log std (policy and learner alike). Stage-1 SAC with the SFT'd mean
+    anchored by behaviour cloning widened the noise instead: entropy -3 -> +2.4 nats within 100 actor updates
+    (std 0.22 -> ~0.5), and online success on a task the deterministic policy solved fell from 65 % to ~25 %
+    (docs/architecture.md, "Stage 1 may not widen the exploration noise"). So the new head's 0.22 is the most
+    stage 1 may use; it can still narrow it. LOG_STD_MAX (2.0) = the unbounded SAC convention."""
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "num_learned_tokens", "hidden_dim", "action_dim"):
@@ -40,6 +46,19 @@ class HeadConfig:
                 raise ValueError(f"HeadConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.proprio_dim < 0:
             raise ValueError(f"HeadConfig.proprio_dim must be >= 0, got {self.proprio_dim!r}")
+        if not LOG_STD_MIN < float(self.max_log_std) <= LOG_STD_MAX:
+            raise ValueError(f"HeadConfig.max_log_std must be in ({LOG_STD_MIN}, {LOG_STD_MAX}], got "
+                             f"{self.max_log_std!r}")
+
+    def matches(self, given: object) -> bool:
+        """Whether a payload's head-config dict describes this head (fields it lacks take their defaults, so
+        weights from before a field existed still load)."""
+        if not isinstance(given, dict):
+            return False
+        try:
+            return asdict(HeadConfig(**given)) == asdict(self)
+        except (TypeError, ValueError):
+            return False
 
 
 class TokenLearner(nn.Module):
@@ -85,7 +104,7 @@ class ActionHead(nn.Module):
     def forward(self, features: torch.Tensor, proprio: torch.Tensor | None = None):
         """Pre-tanh Gaussian parameters (mean, log_std)."""
         h = self.embed(features, proprio)
-        log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = self.log_std(h).clamp(LOG_STD_MIN, self.config.max_log_std)
         return self.mean(h), log_std
 
     def deterministic(self, features: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:

@@ -58,7 +58,7 @@ def decode_head_weights(payload: bytes | bytearray | memoryview, expected: HeadC
     if digest != actual:
         raise PayloadError(f"head weights v{version}: checksum mismatch (payload says {str(digest)[:12]}..., "
                            f"tensors hash to {actual[:12]}...)")
-    if expected is not None and "head_config" in meta and meta["head_config"] != asdict(expected):
+    if expected is not None and "head_config" in meta and not expected.matches(meta["head_config"]):
         raise PayloadError(f"head weights v{version} are for head config {meta['head_config']}, this policy has "
                            f"{asdict(expected)}")
     state = {}

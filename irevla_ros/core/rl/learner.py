@@ -568,10 +568,10 @@ class OnlineLearner:
     def _restore(self, name: str, files: dict[str, bytes]) -> None:
         state = json.loads(files["state.json"])
         shape = tuple(state["feature_shape"])
-        expected = asdict(self._head_config(shape))
-        if state["head_config"] != expected:
+        expected = self._head_config(shape)
+        if not expected.matches(state["head_config"]):
             raise ValueError(f"checkpoint {name} head {state['head_config']} does not match the configured head "
-                             f"{expected}: use the same head parameters or a new run_dir")
+                             f"{asdict(expected)}: use the same head parameters or a new run_dir")
         self._build(shape, fresh=False, algorithm=state["algorithm"])
         self.online.load_state_dict(_unnpz(files["online.npz"]), tag=name)
         self.demo.load_state_dict(_unnpz(files["demo.npz"]), tag=name)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from irevla_ros.core.model.head import LOG_STD_MAX, LOG_STD_MIN, ActionHead, HeadConfig
+from irevla_ros.core.model.head import LOG_STD_MIN, ActionHead, HeadConfig
 from irevla_ros.core.rl.config import RLConfig
 from irevla_ros.core.rl.networks import CriticEnsemble, normalize_tokens, pool_normalized
 from irevla_ros.core.rl.replay import Batch
@@ -69,7 +69,7 @@ class SACLearner:
         if self.head_config.proprio_dim:
             pooled = torch.cat([pooled, proprio.to(pooled.dtype)], dim=-1)
         h = self.actor.trunk(pooled)
-        return self.actor.mean(h), self.actor.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.actor.mean(h), self.actor.log_std(h).clamp(LOG_STD_MIN, self.head_config.max_log_std)
 
     def sample_action(self, xhat: torch.Tensor, proprio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`self.actor.sample` (action, log_prob) given normalised features: the same reparameterised draw."""

@@ -49,7 +49,7 @@ def decode_head_weights(payload: bytes, expected: HeadConfig | None = None) -> t
     for name, value in tensors.items():
         if not np.isfinite(value).all():
             raise PayloadError(f"head weights tensor {name} contains NaN/inf")
-    if expected is not None and meta.get("head_config") != asdict(expected):
+    if expected is not None and not expected.matches(meta.get("head_config")):
         raise PayloadError(f"head weights were made for head {meta.get('head_config')}, expected {asdict(expected)}")
     return tensors, meta
 
