@@ -109,12 +109,12 @@ def test_stage1_never_widens_the_exploration_noise_beyond_the_heads_cap(tmp_path
 def test_head_config_matching_fills_fields_an_older_payload_lacks():
     from dataclasses import asdict
 
-    from irevla_ros.core.model.head import LOG_STD_MAX
+    from irevla_ros.core.model.head import FINE_TUNE_MAX_LOG_STD
 
     head = HeadConfig(feature_dim=D, num_learned_tokens=2, hidden_dim=32)
     older = {k: v for k, v in asdict(head).items() if k != "max_log_std"}
     assert head.matches(older) and head.matches(asdict(head))
-    assert not head.matches({**asdict(head), "max_log_std": LOG_STD_MAX})
+    assert not head.matches({**asdict(head), "max_log_std": FINE_TUNE_MAX_LOG_STD})
     assert not head.matches({**asdict(head), "hidden_dim": 64}) and not head.matches(None)
     assert not head.matches({**asdict(head), "unknown": 1})
     for bad in (-6.0, 2.5, float("nan")):
@@ -123,3 +123,14 @@ def test_head_config_matching_fills_fields_an_older_payload_lacks():
         except ValueError:
             continue
         raise AssertionError(f"max_log_std={bad} was accepted")
+
+
+def test_a_vla_head_is_capped_and_a_head_learning_from_scratch_is_not():
+    from irevla_ros.core.model.head import FINE_TUNE_MAX_LOG_STD, LOG_STD_MAX
+    from irevla_ros.core.model.vla import VLAModel
+
+    assert HeadConfig(feature_dim=D).max_log_std == LOG_STD_MAX  # e.g. the RL tests' bandits: wide noise allowed
+    model = VLAModel.from_preset("tiny", num_cameras=1, seed=0, head={"proprio_dim": 8})
+    assert model.config.head.max_log_std == FINE_TUNE_MAX_LOG_STD
+    explicit = VLAModel.from_preset("tiny", num_cameras=1, seed=0, head={"max_log_std": -1.0})
+    assert explicit.config.head.max_log_std == -1.0

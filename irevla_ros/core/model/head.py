@@ -22,6 +22,11 @@ INIT_LOG_STD = -1.5
 """Exploration noise of a new head: std 0.22 before tanh, the same for every input. SFT fits only the mean (MSE),
 so this is the noise stage-1 RL starts from; a default init (log_std ~ 0, std ~ 1) made online actions nearly
 uniform in [-1, 1] and a SFT'd policy almost never succeeded while exploring."""
+FINE_TUNE_MAX_LOG_STD = INIT_LOG_STD
+"""The cap a VLA's head gets (HeadConfig.max_log_std): stage 1 fine-tunes an SFT'd head and may narrow its noise but
+never widen it past the new head's 0.22. Without it, SAC with the SFT'd mean anchored by behaviour cloning widened
+the noise instead (entropy -3 -> +2.4 nats within 100 actor updates) and online success on a task the deterministic
+policy solved fell from 65 % to ~25 % (docs/architecture.md, "Stage 1 may not widen the exploration noise")."""
 
 
 @dataclass
@@ -33,12 +38,10 @@ class HeadConfig:
     proprio_dim: int = 0
     """Robot state appended after pooling (0 = images + language only, as in the paper)."""
     action_dim: int = ACTION_DIM
-    max_log_std: float = INIT_LOG_STD
-    """Upper bound of the exploration noise's log std (policy and learner alike). Stage-1 SAC with the SFT'd mean
-    anchored by behaviour cloning widened the noise instead: entropy -3 -> +2.4 nats within 100 actor updates
-    (std 0.22 -> ~0.5), and online success on a task the deterministic policy solved fell from 65 % to ~25 %
-    (docs/architecture.md, "Stage 1 may not widen the exploration noise"). So the new head's 0.22 is the most
-    stage 1 may use; it can still narrow it. LOG_STD_MAX (2.0) = the unbounded SAC convention."""
+    max_log_std: float = LOG_STD_MAX
+    """Upper bound of the exploration noise's log std, for the policy's sampling and the learner alike. The
+    unbounded SAC convention by default (a head learning from scratch needs wide noise); VLA heads get
+    FINE_TUNE_MAX_LOG_STD (VLAModel)."""
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "num_learned_tokens", "hidden_dim", "action_dim"):

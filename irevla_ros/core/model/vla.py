@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from irevla_ros.core.model import backbones
-from irevla_ros.core.model.head import ActionHead, HeadConfig
+from irevla_ros.core.model.head import FINE_TUNE_MAX_LOG_STD, ActionHead, HeadConfig
 from irevla_ros.core.model.processor import InputError, build_byte_tokenizer, load_tokenizer, preprocess_images
 
 MANIFEST = "irevla_vla.json"
@@ -249,6 +249,7 @@ class VLAModel(nn.Module):
         dim = backbones.hidden_size(hf_config)
         head_kwargs = asdict(head) if isinstance(head, HeadConfig) else dict(head or {})
         head_kwargs["feature_dim"] = dim
+        head_kwargs.setdefault("max_log_std", FINE_TUNE_MAX_LOG_STD)  # a HeadConfig given whole keeps its own
         return VLAConfig(family=family, num_cameras=num_cameras, image_size=backbones.image_size(family, hf_config),
                          tokens_per_image=backbones.tokens_per_image(family, hf_config),
                          max_text_tokens=max_text_tokens, feature_dim=dim, image_mean=tuple(mean),
