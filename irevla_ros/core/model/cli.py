@@ -61,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from irevla_ros.core.model.head import FINE_TUNE_MAX_LOG_STD, HeadConfig
+    from irevla_ros.core.model.head import HeadConfig
     from irevla_ros.core.model.vla import VLAModel
 
     try:
-        head = HeadConfig(num_learned_tokens=args.head_tokens, hidden_dim=args.head_hidden,
-                          proprio_dim=args.proprio_dim, max_log_std=FINE_TUNE_MAX_LOG_STD)
+        head = {"num_learned_tokens": args.head_tokens, "hidden_dim": args.head_hidden,
+                "proprio_dim": args.proprio_dim}  # a dict: VLAModel adds what every VLA head gets (the noise cap)
+        HeadConfig(**head)  # bad flags fail here, before any model is built
         if args.cameras <= 0:
             raise ValueError(f"--cameras must be > 0, got {args.cameras}")
         dtype = getattr(torch, args.dtype)
