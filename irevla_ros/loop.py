@@ -4,7 +4,8 @@
 2. evaluate the SFT-only policy on expert and new tasks (ROS-free SimEnv, deterministic actions);
 3. run the `online_rl` graph (fast sim) with the `irevla launch` runner: stage 1 RL on the head with the VLM
    frozen, stage 2 SFT jobs through the spool + local worker, hot reloads; a live status table;
-4. stop the graph after the time budget (or Ctrl-C), evaluate the final policy the same way, print a summary.
+4. after the time budget, end the iteration with a last stage 2 on everything collected (when there are new
+   successes), stop the graph (or Ctrl-C at any time), evaluate the final policy the same way, print a summary.
 
 A rerun with the same --run-dir resumes: the cached model, demos and SFT are reused, the learner resumes
 from its checkpoint and the iteration state machine from disk.
@@ -73,6 +74,13 @@ class LoopConfig:
     stop_after_iterations: int = 0
     """End the online phase early once this many stage-2 rounds have been reloaded by the policy (0 = run for
     `minutes`)."""
+    finish_with_stage2: bool = True
+    """At the end of the online phase, run one more stage 2 on everything collected (if there are successes since
+    the last one) and evaluate that model with its own head: an iRe-VLA iteration ends with stage 2, and the RL head
+    alone evaluates below the SFT'd model (bench/learning.py, "stage 1 only"; docs/architecture.md, "The loop ends
+    with stage 2"). False: evaluate the running policy (last stage-2 backbone + the learner's newest head)."""
+    finish_timeout_min: float = 5.0
+    """How long the final stage 2 may take before the loop gives up on it and evaluates what is running."""
     sft2_steps: int = 300
     """Stage-2 SFT updates per job (run by the local sft worker)."""
     sft2_lr: float = 1e-3
@@ -97,6 +105,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if not (0.0 < self.minutes <= 24 * 60):
             raise ValueError(f"minutes must be in (0, 1440], got {self.minutes}")
+        if not (0.0 < self.finish_timeout_min <= 24 * 60):
+            raise ValueError(f"finish_timeout_min must be in (0, 1440], got {self.finish_timeout_min}")
         self.pretrain_tasks()  # ValueError for an unknown pretrain_scenes
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
@@ -143,6 +153,11 @@ class LiveStatus:
     head_versions: int = 0
     full_reloads: list = field(default_factory=list)
     versions_seen: list = field(default_factory=list)
+    stage_successes: int = 0
+    """Successful online episodes since the last stage 2 (the packager's count)."""
+    phase: str = ""
+    evaluated: dict = field(default_factory=dict)
+    """Which policy the final evaluation ran: {"model": folder, "head": "own" | "learner", "final_stage2": ...}."""
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "iteration": self.iteration, "policy_version": self.policy_version,
@@ -150,7 +165,7 @@ class LiveStatus:
                 "successes_last_20": {t: int(sum(v)) for t, v in self.recent.items()},
                 "per_task": {t: {"episodes": n, "successes": k} for t, (n, k) in self.totals.items()},
                 "rl_updates": self.rl_updates, "head_versions": self.head_versions,
-                "full_reloads": self.full_reloads, "versions_seen": self.versions_seen}
+                "full_reloads": self.full_reloads, "versions_seen": self.versions_seen, "evaluated": self.evaluated}
 
     def record_episode(self, task: str, success: bool) -> None:
         self.episodes += 1
@@ -204,6 +219,9 @@ class GraphMonitor:
         self.node.create_subscription(String, itf.RL_STATUS.name, self._rl, LATCHED_QOS)
         self.node.create_subscription(String, itf.FULL_WEIGHTS_READY.name, self._full, LATCHED_QOS)
         self.node.create_subscription(UInt8MultiArray, itf.HEAD_WEIGHTS.name, self._head, LATCHED_QOS)
+        from std_srvs.srv import Trigger
+
+        self.sft_trigger = self.node.create_client(Trigger, itf.SFT_TRIGGER.name)
         self._last_updates: tuple[int, float] | None = None
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -268,8 +286,25 @@ class GraphMonitor:
             return
         self.status.stage = str(state.get("stage", self.status.stage))
         self.status.iteration = int(state.get("iteration", self.status.iteration))
+        self.status.stage_successes = int(state.get("stage_successes") or 0)
+        self.status.phase = str(state.get("phase") or "")
         if state.get("message"):
             self.status.last_event = str(state["message"])
+
+    def request_stage2(self, timeout_s: float = 10.0) -> tuple[bool, str]:
+        """Ask the packager for a stage-2 job now (its SFT_TRIGGER service)."""
+        from std_srvs.srv import Trigger
+
+        if not self.sft_trigger.wait_for_service(timeout_sec=timeout_s):
+            return False, f"{self.sft_trigger.srv_name} is not available"
+        future = self.sft_trigger.call_async(Trigger.Request())
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the executor thread completes the future
+        if not future.done():
+            future.cancel()
+            return False, f"{self.sft_trigger.srv_name} did not answer within {timeout_s:.0f} s"
+        return bool(future.result().success), str(future.result().message)
 
     def close(self) -> None:
         import rclpy
@@ -297,6 +332,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="end the online phase once this many stage-2 results are running (0 = use --minutes)")
     parser.add_argument("--sft-max-val-mse-ratio", type=float, default=defaults.sft_max_val_mse_ratio,
                         help="refuse a stage-2 result whose held-out action error is above this x the current one")
+    parser.add_argument("--finish-with-stage2", action=argparse.BooleanOptionalAction,
+                        default=defaults.finish_with_stage2,
+                        help="end the online phase with one more stage 2 on what was collected and evaluate that "
+                        "model (--no-finish-with-stage2: evaluate the running policy, RL head included)")
+    parser.add_argument("--finish-timeout-min", type=float, default=defaults.finish_timeout_min,
+                        help="how long the final stage 2 may take")
     parser.add_argument("--sft2-steps", type=int, default=defaults.sft2_steps, help="stage-2 SFT updates per job")
     parser.add_argument("--sft2-lr", type=float, default=defaults.sft2_lr,
                         help="stage-2 learning rate (LoRA adapters and head)")
@@ -331,6 +372,7 @@ def run(ns: argparse.Namespace) -> int:
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
                             sft2_lr=ns.sft2_lr, bc_coef=ns.bc_coef, actor_warmup_updates=ns.actor_warmup_updates,
                             stop_after_iterations=ns.stop_after_iterations,
+                            finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
                             expert_interventions=ns.expert_interventions,
                             expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks),
@@ -460,8 +502,8 @@ class SimLoop:
         return rates
 
     def final_model(self, monitor: GraphMonitor | None):
-        """The policy as the graph left it: the latest verified SFT result (or SFT-0) + the learner's last head
-        for that backbone."""
+        """With `finish_with_stage2`: the last verified stage-2 model with its own head. Otherwise (or before any
+        stage 2) the policy as the graph left it: that model (or SFT-0) + the learner's last head for it."""
         from irevla_ros.core.model.vla import VLAModel
         from irevla_ros.core.model.weights import decode_head_weights
 
@@ -469,11 +511,18 @@ class SimLoop:
         if monitor is not None and monitor.latest_full_path:
             path = Path(monitor.latest_full_path)
         model = VLAModel.from_pretrained(path)
+        status = monitor.status if monitor is not None else None
+        if status is not None:
+            status.evaluated.update(model=str(path), head="own")
+        if self.config.finish_with_stage2 and path != self.sft0_dir:
+            self._say(f"[eval] the last stage-2 model with its own head: {path}")
+            return model
         if monitor is not None and monitor.latest_head is not None and monitor.latest_head_after_full:
             state, version, meta = decode_head_weights(monitor.latest_head, model.config.head, with_meta=True)
             base = meta.get("base_version")
             if base in (None, "", getattr(model, "version", None)) or not monitor.latest_full_path:
                 model.load_head_state_dict(state)
+                status.evaluated["head"] = f"learner v{version}"
                 self._say(f"[eval] using the learner's head v{version} on {path.name}")
         return model
 
@@ -532,6 +581,9 @@ class SimLoop:
                         and not self._iterations_done(status):
                     live.update(status_table(status, expert, new))
                     self._stop.wait(0.5)
+                if self.config.finish_with_stage2 and not self._stop.is_set() and waiter.is_alive():
+                    self.finish_with_stage2(monitor, status, waiter, lambda: live.update(status_table(status, expert,
+                                                                                                          new)))
                 live.update(status_table(status, expert, new))
             runner.request_stop()
             waiter.join(60.0)
@@ -540,13 +592,51 @@ class SimLoop:
                 self._say(f"[online] the graph stopped with code {code}; see {log_path}")
             return code, monitor
 
+    def finish_with_stage2(self, monitor: GraphMonitor, status: LiveStatus, graph: threading.Thread,
+                           refresh) -> None:
+        """End the last iteration with stage 2: trigger a job on everything collected (or wait for the one in
+        flight), until its result runs on the policy, is refused, or `finish_timeout_min` passes."""
+        reloads = len(status.full_reloads)
+        waiting = status.stage == "2"  # a job is already being built or trained
+        if not waiting:
+            if status.stage_successes <= 0:
+                self._say("[finish] no successful episode since the last stage 2: nothing new to fine-tune on")
+                return
+            ok, message = monitor.request_stage2()
+            self._say(f"[finish] final stage 2 on {status.stage_successes} new successes: {message}")
+            if not ok:
+                return
+        else:
+            self._say("[finish] waiting for the stage-2 job in flight")
+        status.evaluated["final_stage2"] = "requested"
+        deadline = time.monotonic() + 60.0 * self.config.finish_timeout_min
+        seen_stage2, back_in_rl = waiting, None
+        while not self._stop.is_set() and graph.is_alive() and time.monotonic() < deadline:
+            seen_stage2 = seen_stage2 or status.stage == "2"
+            if len(status.full_reloads) > reloads and self._latest_reload_running(status):
+                status.evaluated["final_stage2"] = str(status.full_reloads[-1].get("version"))
+                self._say(f"[finish] stage-2 result v{status.evaluated['final_stage2']} is running")
+                return
+            back_in_rl = (back_in_rl or time.monotonic()) if seen_stage2 and status.stage == "1" else None
+            # back in stage 1 for a few seconds and no announcement arrived: the packager refused the result
+            if back_in_rl is not None and time.monotonic() - back_in_rl > 5.0 and len(status.full_reloads) == reloads:
+                status.evaluated["final_stage2"] = "refused"
+                self._say("[finish] the final stage-2 result was refused (graph.log says why)")
+                return
+            refresh()
+            self._stop.wait(0.5)
+        status.evaluated["final_stage2"] = "timed out"
+        self._say(f"[finish] no stage-2 result within {self.config.finish_timeout_min:g} min")
+
+    @staticmethod
+    def _latest_reload_running(status: LiveStatus) -> bool:
+        """The policy has published the last announced version since its announcement: it runs those weights."""
+        latest = status.full_reloads[-1]
+        return str(latest.get("version")) in status.versions_seen[latest["versions_seen_before"]:]
+
     def _iterations_done(self, status: LiveStatus) -> bool:
         n = self.config.stop_after_iterations
-        if n <= 0 or len(status.full_reloads) < n:
-            return False
-        latest = status.full_reloads[-1]
-        # the policy has published the announced version since the announcement: it runs the new weights
-        return str(latest.get("version")) in status.versions_seen[latest["versions_seen_before"]:]
+        return n > 0 and len(status.full_reloads) >= n and self._latest_reload_running(status)
 
     STAGE0_KEYS = ("preset", "proprio_dim", "image_size", "seed", "demos_per_task", "sft0_steps", "expert_tasks",
                    "pretrain_steps", "pretrain_layouts")
@@ -618,8 +708,13 @@ class SimLoop:
             split = "expert" if task in self.config.expert_tasks else "new"
             b = before.get(task, 0.0)
             table.add_row(task, split, f"{100 * b:.0f}%", f"{100 * rate:.0f}%", f"{100 * (rate - b):+.0f} pts")
+        evaluated = status.evaluated
+        head = "its own head" if evaluated.get("head") == "own" else f"the {evaluated.get('head')} head"
+        what = f"evaluated: {Path(evaluated['model']).name} with {head}" if evaluated.get("model") else ""
+        if evaluated.get("final_stage2"):
+            what += f" (final stage 2: {evaluated['final_stage2']})"
         table.caption = (f"{status.episodes} online episodes, stage {status.stage}, iteration {status.iteration}, "
-                         f"policy {status.policy_version}; tensorboard --logdir {self.root}")
+                         f"policy {status.policy_version}; {what}; tensorboard --logdir {self.root}")
         self.console.print(table)
 
     def request_stop(self, *_sig) -> None:

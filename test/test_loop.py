@@ -21,10 +21,12 @@ IREVLA = str(Path(sys.executable).parent / "irevla")
 @pytest.mark.timeout(900)
 def test_short_loop_runs_every_stage(tmp_path, ros_env):
     run_dir = tmp_path / "run"
-    cmd = [IREVLA, "sim", "--run-dir", str(run_dir), "--minutes", "6", "--demos-per-task", "3", "--sft0-steps", "20",
+    # No automatic stage 2 (--sft-every-n-successes 0): the only stage 2 is the one the loop asks the packager for
+    # through its trigger service when the online phase ends (finish_with_stage2, the default)
+    cmd = [IREVLA, "sim", "--run-dir", str(run_dir), "--minutes", "3", "--demos-per-task", "3", "--sft0-steps", "20",
            "--pretrain-steps", "20", "--pretrain-layouts", "4",
            "--eval-episodes", "1", "--max-episode-steps", "40", "--expert-interventions",
-           "--sft-every-n-successes", "2", "--sft2-steps", "20", "--stop-after-iterations", "1",
+           "--sft-every-n-successes", "0", "--sft2-steps", "20",
            # 20 LoRA steps need not beat the running model on held-out error: let the result through the gate
            "--sft-max-val-mse-ratio", "100"]
     result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=850)
@@ -56,13 +58,16 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     assert sum(t["successes"] for t in status["per_task"].values()) >= 1
     # stage 2: a job went through the spool and the worker; the verified result was announced and the policy
     # switched to it (its version appeared on /policy/version after the announcement)
-    assert len(status["full_reloads"]) >= 1
+    assert len(status["full_reloads"]) == 1
     announced = status["full_reloads"][0]
+    assert json.loads((run_dir / "iteration.json").read_text())["trigger_reason"] == "manual trigger"
     verify_folder(announced["path"])
     # the worker also encoded the expert demos with the new backbone, for the learner's next stage
     assert (demo_features_dir(announced["path"]) / "COMPLETE").is_file()
     # the policy node logs the swap when it applies the verified full weights between ticks
     assert f"policy now v{announced['version']} (full weights)" in (run_dir / "graph.log").read_text()
+    # the loop ended the iteration with that stage 2 and evaluated its model with its own head (not the RL head)
+    assert status["evaluated"] == {"final_stage2": announced["version"], "model": announced["path"], "head": "own"}
     # both evaluations ran and the summary was printed
     for name in ("eval_sft0.json", "eval_final.json"):
         assert set(json.loads((run_dir / name).read_text())) == {*LoopConfig.expert_tasks, *LoopConfig.new_tasks}
@@ -103,3 +108,20 @@ def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
     for bad in ({"sft2_lr": 0.0}, {"sft2_lr": float("nan")}, {"bc_coef": -1.0}, {"actor_warmup_updates": -5}):
         with pytest.raises(ValueError):
             LoopConfig(run_dir=str(tmp_path), **bad)
+
+
+def test_the_online_phase_ends_only_once_the_policy_runs_the_announced_weights(tmp_path):
+    from irevla_ros.loop import LiveStatus, LoopConfig, SimLoop
+
+    loop = SimLoop(LoopConfig(run_dir=str(tmp_path), stop_after_iterations=1))
+    status = LiveStatus(versions_seen=["sft0"])
+    assert not loop._iterations_done(status)
+    status.full_reloads.append({"path": "/m/1", "version": "1", "versions_seen_before": 1})
+    assert not loop._iterations_done(status)  # announced, the policy has not switched yet
+    status.versions_seen.append("sft0")  # an older version re-published does not count
+    assert not loop._iterations_done(status)
+    status.versions_seen.append("1")
+    assert loop._iterations_done(status)
+    assert not SimLoop(LoopConfig(run_dir=str(tmp_path)))._iterations_done(status)  # 0 = run for `minutes`
+    with pytest.raises(ValueError, match="finish_timeout_min"):
+        LoopConfig(run_dir=str(tmp_path), finish_timeout_min=0)
