@@ -710,7 +710,8 @@ class SimLoop:
             table.add_row(task, split, f"{100 * b:.0f}%", f"{100 * rate:.0f}%", f"{100 * (rate - b):+.0f} pts")
         evaluated = status.evaluated
         head = "its own head" if evaluated.get("head") == "own" else f"the {evaluated.get('head')} head"
-        what = f"evaluated: {Path(evaluated['model']).name} with {head}" if evaluated.get("model") else ""
+        model = "SFT-0" if evaluated.get("model") == str(self.sft0_dir) else "the last stage-2 model"
+        what = f"evaluated: {model} with {head}" if evaluated.get("model") else ""
         if evaluated.get("final_stage2"):
             what += f" (final stage 2: {evaluated['final_stage2']})"
         table.caption = (f"{status.episodes} online episodes, stage {status.stage}, iteration {status.iteration}, "
