@@ -67,6 +67,8 @@ class Budget:
     """Online episodes per stage-1 phase (half on the expert task, half on the new one)."""
     sft2_steps: int = 300
     sft2_mode: str = "lora"
+    sft2_lr_schedule: str = "cosine"
+    """As the packager's sft_lr_schedule (constant until round 6)."""
     sft2_task_balance: str = "sqrt"
     """Stage 2: split of the online share between instructions (JobConfig.online_task_balance)."""
     utd: float = 1.0
@@ -108,10 +110,10 @@ def split(episodes: list, held_out: int = 4) -> tuple[list, list]:
 
 
 def sft(model: VLAModel, episodes: list, val: list, steps: int, mode: str, seed: int, online: list = (),
-        expert_fraction: float = 0.5, online_task_balance: str = "none") -> VLAModel:
+        expert_fraction: float = 0.5, online_task_balance: str = "none", lr_schedule: str = "constant") -> VLAModel:
     """Expert `episodes` + `online` successes; with both, `expert_fraction` of the samples are expert and the
     online share is split between instructions by `online_task_balance` (the packager's stage-2 mix, JobConfig)."""
-    config = SFTConfig(mode=mode, steps=steps, batch_size=32, seed=seed, val_every=steps)
+    config = SFTConfig(mode=mode, steps=steps, batch_size=32, seed=seed, val_every=steps, lr_schedule=lr_schedule)
     groups = {e.info.episode_id: "online" for e in online}
     data = StepDataset([*episodes, *online], CAMERAS, groups)
     return train(model, data, StepDataset(val, CAMERAS), config, expert_fraction=expert_fraction if episodes else 1.0,
@@ -269,7 +271,8 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
             expert_replay = train_eps if arm == "irevla" else []
             if successes or expert_replay:
                 model = sft(model, expert_replay, val_eps, budget.sft2_steps, budget.sft2_mode, seed + it,
-                            online=successes, online_task_balance=budget.sft2_task_balance)
+                            online=successes, online_task_balance=budget.sft2_task_balance,
+                            lr_schedule=budget.sft2_lr_schedule)
         model_dir = stage / "model"
         model.save_pretrained(model_dir, version=f"it{it}")
         model = VLAModel.from_pretrained(model_dir)

@@ -77,14 +77,14 @@ def refit(run: Path, settings: dict, args: argparse.Namespace) -> list[dict]:
     for seed in args.seeds:
         started = time.monotonic()
         config = SFTConfig(mode="lora", steps=args.steps, batch_size=args.batch_size, seed=seed, val_every=args.steps,
-                           lr=args.lr, head_lr=args.lr)
+                           lr=args.lr, head_lr=args.lr, lr_schedule=args.lr_schedule)
         model = train(VLAModel.from_pretrained(run / "models" / "sft0"),
                       StepDataset([*train_eps, *online], CAMERAS, groups), StepDataset(val_eps, CAMERAS), config,
                       expert_fraction=args.expert_fraction if online else 1.0,
                       online_task_balance=args.task_balance, progress=False).model
-        rows.append({"mode": "refit", "run": str(run), "seed": seed, "lr": args.lr, "steps": args.steps,
-                     "online": len(online), "expert_fraction": args.expert_fraction, **evaluate(model, settings),
-                     "seconds": round(time.monotonic() - started)})
+        rows.append({"mode": "refit", "run": str(run), "seed": seed, "lr": args.lr, "schedule": args.lr_schedule,
+                     "steps": args.steps, "online": len(online), "expert_fraction": args.expert_fraction,
+                     **evaluate(model, settings), "seconds": round(time.monotonic() - started)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -92,8 +92,9 @@ def refit(run: Path, settings: dict, args: argparse.Namespace) -> list[dict]:
 def table(rows: list[dict], tasks: list[str]) -> str:
     lines = ["| model / setting | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for r in rows:
-        label = r["model"] if r["mode"] == "models" else \
-            f"refit seed {r['seed']}, lr {r['lr']:g}, {r['steps']} steps, {r['online']} online"
+        label = r["model"] if r["mode"] == "models" else (
+            f"refit seed {r['seed']}, lr {r['lr']:g} {r.get('schedule', 'constant')}, {r['steps']} steps, "
+            f"{r['online']} online")
         lines.append(f"| {label} | " + " | ".join(f"{100 * r[t]:.0f} %" for t in tasks) + " |")
     if rows and rows[0]["mode"] == "refit":
         means = [100 * np.mean([r[t] for r in rows]) for t in tasks]
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="refit: training seeds")
     parser.add_argument("--lr", type=float, default=1e-3, help="refit: LoRA and head learning rate")
     parser.add_argument("--steps", type=int, default=300, help="refit: updates")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="refit: learning-rate schedule (SFTConfig.lr_schedule)")
     parser.add_argument("--batch-size", type=int, default=16, help="refit: batch (the packager's sft_batch_size)")
     parser.add_argument("--expert-fraction", type=float, default=0.5, help="refit: share of expert samples")
     parser.add_argument("--task-balance", choices=TASK_BALANCE, default="sqrt",

@@ -196,6 +196,7 @@ def test_stage0_job_worker_weights_then_online_successes_trigger_stage2(tmp_path
     body = json.loads((job / "job.json").read_text())
     assert body["counts"] == {"expert": 6, "online": 2, "steps": 6 * 6 + 10}  # only the successful online ones
     assert body["base_model"]["id"] == first["sha256"]  # stage 2 fine-tunes the stage-0 result
+    assert body["sft"]["lr_schedule"] == "cosine" and body["sft"]["lr"] == pytest.approx(0.003)
     wait(lambda: status and json.loads(status[-1].data)["iteration"] == 1, 10, what="status iteration 1")
 
 

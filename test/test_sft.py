@@ -96,6 +96,8 @@ def test_bad_sft_settings_rejected():
         SFTConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="unknown SFT settings"):
         SFTConfig.from_overrides(SFTConfig(), {"stepz": 3})
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SFTConfig(lr_schedule="linear-warmup")
 
 
 def test_worker_process_trains_signs_and_result_is_loadable_and_better(tmp_path):
@@ -229,3 +231,22 @@ def test_two_process_ddp_worker_trains_one_job_together(tmp_path):
     assert out.count("claimed job-1") == 1  # one lease for the whole process group
     result = Spool(f"file://{tmp_path / 'spool'}", KEY).fetch_result("job-1", tmp_path / "back")
     assert result["metrics"]["processes"] == 2 and result["metrics"]["samples"] == 8 * 4
+
+
+def test_cosine_schedule_moves_the_weights_less_than_constant_from_the_same_start(tmp_path):
+    """Cosine decays the step size to 0 over `steps` (sum of factors 3.5 of 6 here): the same data, seed and
+    init end closer to the start, and the last updates barely move the weights."""
+    from irevla_ros.core.model.vla import VLAModel
+    from irevla_ros.core.sft.train import train
+
+    store = tmp_path / "ds"
+    record_synthetic(EpisodeWriter(store), episodes=3, steps=6)
+    eps = [EpisodeStore(store).load(i) for i in EpisodeStore(store).episodes()]
+    moved = {}
+    for schedule in ("constant", "cosine"):
+        model = VLAModel.from_preset("tiny", num_cameras=1, seed=0)
+        start = {k: v.clone() for k, v in model.head.state_dict().items()}
+        cfg = SFTConfig(mode="head", steps=6, batch_size=4, val_every=6, lr_schedule=schedule)
+        train(model, StepDataset(eps[:2], ["front"]), StepDataset(eps[2:], ["front"]), cfg, progress=False)
+        moved[schedule] = sum(float((v - start[k]).abs().sum()) for k, v in model.head.state_dict().items())
+    assert 0 < moved["cosine"] < 0.8 * moved["constant"], moved

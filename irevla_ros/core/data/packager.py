@@ -78,6 +78,9 @@ class PackagerConfig:
     sft_steps: int = 300
     sft_batch_size: int = 16
     sft_lr: float = 1e-3
+    sft_lr_schedule: str = "cosine"
+    """constant | cosine (SFTConfig.lr_schedule). Cosine since round 6: with a constant rate one stage 2 on identical
+    data gave 20-70 % on a task depending only on its training seed; cosine 50-55 % (bench/stage2_replay.py)."""
     retry_s: float = 60.0
     """After a rejected job or result, wait this long before building the next job (no tight failure loops)."""
     verify_result: bool = True
@@ -105,6 +108,8 @@ class PackagerConfig:
         for name in ("sft_steps", "sft_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.sft_lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"sft_lr_schedule must be constant|cosine, got {self.sft_lr_schedule!r}")
         for name in ("stage0_mode", "stage2_mode"):
             if getattr(self, name) not in ("full", "lora", "head"):
                 raise ValueError(f"{name} must be full|lora|head, got {getattr(self, name)!r}")
@@ -308,7 +313,8 @@ class Packager:
         cameras = list(sel.all[0][2].cameras) if sel.all else []
         n = self.iteration.state.sft_count + 1
         sft = {"mode": cfg.stage0_mode if stage == 0 else cfg.stage2_mode, "steps": cfg.sft_steps,
-               "batch_size": cfg.sft_batch_size, "lr": cfg.sft_lr, "head_lr": cfg.sft_lr}
+               "batch_size": cfg.sft_batch_size, "lr": cfg.sft_lr, "head_lr": cfg.sft_lr,
+               "lr_schedule": cfg.sft_lr_schedule}
         try:
             base = self._base_model(cameras)
             body = build_job_dir(sel, job_dir, cfg.job_config(), job_id=job_id, stage=stage,

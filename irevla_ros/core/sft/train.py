@@ -34,6 +34,9 @@ class SFTConfig:
     batch_size: int = 16
     lr: float = 1e-3
     head_lr: float = 1e-3
+    lr_schedule: str = "constant"
+    """constant | cosine (both learning rates decay to 0 over `steps`: the result is the average of the last
+    updates' directions rather than the last minibatch's, bench/stage2_replay.py)."""
     weight_decay: float = 0.0
     lora_r: int = 16
     lora_alpha: int = 32
@@ -63,6 +66,8 @@ class SFTConfig:
             raise ValueError("SFTConfig: weight_decay/nll_weight must be >= 0 and 0 <= lora_dropout < 1")
         if self.num_workers < 0:
             raise ValueError(f"SFTConfig.num_workers must be >= 0, got {self.num_workers!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"SFTConfig.lr_schedule must be constant|cosine, got {self.lr_schedule!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"SFTConfig.mixed_precision must be no|fp16|bf16, got {self.mixed_precision!r}")
 
@@ -253,6 +258,9 @@ def train(model, train_set: StepDataset, val_set: StepDataset, config: SFTConfig
     before = evaluate(model, val_set, config) if main else {}
     groups = prepare_trainable(model, config)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: 0.5 * (1.0 + math.cos(math.pi * min(done, config.steps) / config.steps))
+        if config.lr_schedule == "cosine" else 1.0)
     sampler = torch.utils.data.WeightedRandomSampler(mixing_weights(train_set.group_of, expert_fraction,
                                                                     train_set.task_of, online_task_balance),
                                                      num_samples=config.steps * config.batch_size,
@@ -282,6 +290,7 @@ def train(model, train_set: StepDataset, val_set: StepDataset, config: SFTConfig
         for group in optimizer.param_groups:  # per group: the backbone's large gradients must not starve the head
             accelerator.clip_grad_norm_(group["params"], config.grad_clip)
         optimizer.step()
+        schedule.step()
         samples += len(batch["instructions"]) * accelerator.num_processes
         losses.append(loss.item())
         bar.update(1)
