@@ -155,7 +155,6 @@ class LiveStatus:
     versions_seen: list = field(default_factory=list)
     stage_successes: int = 0
     """Successful online episodes since the last stage 2 (the packager's count)."""
-    phase: str = ""
     evaluated: dict = field(default_factory=dict)
     """Which policy the final evaluation ran: {"model": folder, "head": "own" | "learner", "final_stage2": ...}."""
 
@@ -287,7 +286,6 @@ class GraphMonitor:
         self.status.stage = str(state.get("stage", self.status.stage))
         self.status.iteration = int(state.get("iteration", self.status.iteration))
         self.status.stage_successes = int(state.get("stage_successes") or 0)
-        self.status.phase = str(state.get("phase") or "")
         if state.get("message"):
             self.status.last_event = str(state["message"])
 
