@@ -40,7 +40,7 @@ from irevla_ros.core.model.vla import VLAModel  # noqa: E402
 from irevla_ros.core.rl.config import RLConfig  # noqa: E402
 from irevla_ros.core.rl.demos import encode_demo_features  # noqa: E402
 from irevla_ros.core.rl.learner import OnlineLearner  # noqa: E402
-from irevla_ros.core.sft.jobs import TASK_BALANCE  # noqa: E402
+from irevla_ros.core.sft.jobs import LR_SCHEDULES, TASK_BALANCE  # noqa: E402
 from irevla_ros.core.sft.train import SFTConfig, StepDataset, train  # noqa: E402
 from irevla_ros.sim.evaluate import evaluate_policy, proprio_of  # noqa: E402
 from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, pretrain_tasks, render_scenes  # noqa: E402
@@ -84,6 +84,8 @@ class Budget:
     image_size: int = 128
 
     def __post_init__(self) -> None:
+        if self.sft2_lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"sft2_lr_schedule must be one of {LR_SCHEDULES}, got {self.sft2_lr_schedule!r}")
         if self.sft2_task_balance not in TASK_BALANCE:
             raise ValueError(f"sft2_task_balance must be one of {TASK_BALANCE}, got {self.sft2_task_balance!r}")
         pretrain_tasks([self.expert_task], [self.new_task], self.pretrain_scenes)  # ValueError if unknown

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from irevla_ros.core.data.episodes import EpisodeStore  # noqa: E402
 from irevla_ros.core.model.vla import VLAModel  # noqa: E402
-from irevla_ros.core.sft.jobs import TASK_BALANCE  # noqa: E402
+from irevla_ros.core.sft.jobs import LR_SCHEDULES, TASK_BALANCE  # noqa: E402
 from irevla_ros.core.sft.train import SFTConfig, StepDataset, train  # noqa: E402
 from irevla_ros.sim.evaluate import evaluate_policy  # noqa: E402
 
@@ -67,9 +67,10 @@ def refit(run: Path, settings: dict, args: argparse.Namespace) -> list[dict]:
     expert = [demos.load(i) for i in demos.episodes(source="expert", success=True)]
     held_out = max(1, len(expert) // 15)  # as bench/learning.py: a few demos only judge, never train
     train_eps, val_eps = expert[held_out:], expert[:held_out]
-    infos = EpisodeStore(run / "episodes").episodes(source="online", success=True)
+    store = EpisodeStore(run / "episodes")
+    infos = store.episodes(source="online", success=True)
     infos = infos[: args.first] if args.first else infos
-    online = [EpisodeStore(run / "episodes").load(i) for i in infos]
+    online = [store.load(i) for i in infos]
     print(f"{len(train_eps)} expert demos, {len(online)} online successes "
           f"{dict(Counter(i.tasks[0] if i.tasks else '?' for i in infos))}", flush=True)
     groups = {e.info.episode_id: "online" for e in online}
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="refit: training seeds")
     parser.add_argument("--lr", type=float, default=1e-3, help="refit: LoRA and head learning rate")
     parser.add_argument("--steps", type=int, default=300, help="refit: updates")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                         help="refit: learning-rate schedule (SFTConfig.lr_schedule)")
     parser.add_argument("--batch-size", type=int, default=16, help="refit: batch (the packager's sft_batch_size)")
     parser.add_argument("--expert-fraction", type=float, default=0.5, help="refit: share of expert samples")

@@ -30,6 +30,8 @@ from irevla_ros.core.data.episodes import (
 
 EXPERT, ONLINE = "expert", "online"
 TASK_BALANCE = ("none", "sqrt", "equal")
+LR_SCHEDULES = ("constant", "cosine")
+"""SFTConfig.lr_schedule values (here, not in train.py, so the packager can validate without importing torch)."""
 
 
 class JobBuildError(ValueError):

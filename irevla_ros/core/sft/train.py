@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from irevla_ros.core.data.episodes import Episode, EpisodeStore, decode_image
-from irevla_ros.core.sft.jobs import EXPERT, TASK_BALANCE
+from irevla_ros.core.sft.jobs import EXPERT, LR_SCHEDULES, TASK_BALANCE
 
 
 class LeaseLost(RuntimeError):
@@ -66,8 +66,8 @@ class SFTConfig:
             raise ValueError("SFTConfig: weight_decay/nll_weight must be >= 0 and 0 <= lora_dropout < 1")
         if self.num_workers < 0:
             raise ValueError(f"SFTConfig.num_workers must be >= 0, got {self.num_workers!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"SFTConfig.lr_schedule must be constant|cosine, got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"SFTConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"SFTConfig.mixed_precision must be no|fp16|bf16, got {self.mixed_precision!r}")
 
