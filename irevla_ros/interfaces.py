@@ -74,6 +74,8 @@ def camera_depth(camera: str) -> Endpoint:
 INSTRUCTION = Endpoint("/task/instruction", "std_msgs/msg/String")
 SIM_SUCCESS = Endpoint("/sim/success", "std_msgs/msg/Bool")
 SIM_RESET = Endpoint("/sim/reset", "std_srvs/srv/Trigger")
+SIM_TASK = Endpoint("/sim/task", "std_msgs/msg/String")
+"""Latched: the simulator's task id of the running episode (also named in /sim/reset's reply)."""
 CLOCK = Endpoint("/clock", "rosgraph_msgs/msg/Clock")
 SUCCESS_PROB = Endpoint("/reward/success_prob", "std_msgs/msg/Float32")
 REWARD = Endpoint("/reward/reward", "std_msgs/msg/Float32")

@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from irevla_ros.core.sft.jobs import LR_SCHEDULES
+
 CAMERAS = ("wrist", "front")
 
 
@@ -85,6 +87,9 @@ class LoopConfig:
     """Stage-2 SFT updates per job (run by the local sft worker)."""
     sft2_lr: float = 1e-3
     """Stage-2 learning rate of the LoRA adapters and the head (the packager's `sft_lr`)."""
+    sft2_lr_schedule: str = "cosine"
+    """Stage-2 learning-rate schedule (the packager's `sft_lr_schedule`): with a constant rate one stage 2 on the
+    same data swung by up to 50 points with its seed alone (bench/README.md, round 6)."""
     max_episode_steps: int = 40
     actor_warmup_updates: int = 500
     """Stage 1: critic-only updates before the SFT'd actor moves (docs/architecture.md: plain RLPD dragged the
@@ -118,6 +123,8 @@ class LoopConfig:
             raise ValueError(f"algorithm must be sac or ppo, got {self.algorithm!r}")
         if not (math.isfinite(self.sft2_lr) and self.sft2_lr > 0):
             raise ValueError(f"sft2_lr must be a finite number > 0, got {self.sft2_lr!r}")
+        if self.sft2_lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"sft2_lr_schedule must be one of {LR_SCHEDULES}, got {self.sft2_lr_schedule!r}")
         if not (math.isfinite(self.bc_coef) and self.bc_coef >= 0) or self.actor_warmup_updates < 0:
             raise ValueError(f"bc_coef must be finite and >= 0 and actor_warmup_updates >= 0, got "
                              f"{self.bc_coef!r} and {self.actor_warmup_updates!r}")
@@ -339,6 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft2-steps", type=int, default=defaults.sft2_steps, help="stage-2 SFT updates per job")
     parser.add_argument("--sft2-lr", type=float, default=defaults.sft2_lr,
                         help="stage-2 learning rate (LoRA adapters and head)")
+    parser.add_argument("--sft2-lr-schedule", default=defaults.sft2_lr_schedule, choices=LR_SCHEDULES,
+                        help="stage-2 learning-rate schedule (cosine: decays to 0 over the job)")
     parser.add_argument("--bc-coef", type=float, default=defaults.bc_coef,
                         help="stage 1: behaviour-cloning anchor on the demo rows of each SAC batch")
     parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
@@ -368,7 +377,8 @@ def run(ns: argparse.Namespace) -> int:
                             sft0_steps=ns.sft0_steps, eval_episodes=ns.eval_episodes, seed=ns.seed,
                             algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
-                            sft2_lr=ns.sft2_lr, bc_coef=ns.bc_coef, actor_warmup_updates=ns.actor_warmup_updates,
+                            sft2_lr=ns.sft2_lr, sft2_lr_schedule=ns.sft2_lr_schedule, bc_coef=ns.bc_coef,
+                            actor_warmup_updates=ns.actor_warmup_updates,
                             stop_after_iterations=ns.stop_after_iterations,
                             finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
@@ -539,6 +549,7 @@ class SimLoop:
                                                   "sft_every_n_successes": self.config.sft_every_n_successes,
                                                   "sft_steps": self.config.sft2_steps,
                                                   "sft_lr": self.config.sft2_lr,
+                                                  "sft_lr_schedule": self.config.sft2_lr_schedule,
                                                   "max_val_mse_ratio": self.config.sft_max_val_mse_ratio}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
                                             "demo_dir": str(self.demo_features_dir),

@@ -51,9 +51,9 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     assert any(info.success for info in online)
     status = json.loads((run_dir / "loop_status.json").read_text())
     assert status["episodes"] >= 2 and status["rl_updates"] > 0 and status["head_versions"] > 0
-    # every finished episode is counted, with its outcome, under its sim task id (the graph's very first episode,
-    # which starts before any /sim/reset reply names its task, under its instruction)
-    assert {*LoopConfig.expert_tasks, *LoopConfig.new_tasks} & set(status["per_task"])
+    # every finished episode is counted, with its outcome, under its sim task id (the first one too: it starts
+    # before any /sim/reset reply, and gets its id from the latched /sim/task)
+    assert set(status["per_task"]) <= {*LoopConfig.expert_tasks, *LoopConfig.new_tasks}
     assert sum(t["episodes"] for t in status["per_task"].values()) == status["episodes"]
     assert sum(t["successes"] for t in status["per_task"].values()) >= 1
     # stage 2: a job went through the spool and the worker; the verified result was announced and the policy
@@ -88,7 +88,8 @@ def test_stage0_cache_refuses_a_run_folder_pretrained_on_other_scenes(tmp_path):
 
 
 def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
-    """--sft2-lr goes to the packager (its sft_lr), --bc-coef and --actor-warmup-updates to the rl_node."""
+    """--sft2-lr and --sft2-lr-schedule go to the packager (sft_lr, sft_lr_schedule), --bc-coef and
+    --actor-warmup-updates to the rl_node."""
     import argparse
 
     import yaml
@@ -98,14 +99,17 @@ def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     ns = parser.parse_args(["--run-dir", str(tmp_path), "--sft2-lr", "3e-4", "--bc-coef", "2.5",
-                            "--actor-warmup-updates", "800"])
+                            "--actor-warmup-updates", "800", "--sft2-lr-schedule", "constant"])
     config = LoopConfig(run_dir=ns.run_dir, sft2_lr=ns.sft2_lr, bc_coef=ns.bc_coef,
-                        actor_warmup_updates=ns.actor_warmup_updates)
+                        actor_warmup_updates=ns.actor_warmup_updates, sft2_lr_schedule=ns.sft2_lr_schedule)
     params = yaml.safe_load(SimLoop(config).graph_parameters().read_text())
     assert params["packager_node"]["ros__parameters"]["sft_lr"] == pytest.approx(3e-4)
+    assert params["packager_node"]["ros__parameters"]["sft_lr_schedule"] == "constant"
+    assert LoopConfig().sft2_lr_schedule == "cosine"
     assert params["rl_node"]["ros__parameters"]["bc_coef"] == pytest.approx(2.5)
     assert params["rl_node"]["ros__parameters"]["actor_warmup_updates"] == 800
-    for bad in ({"sft2_lr": 0.0}, {"sft2_lr": float("nan")}, {"bc_coef": -1.0}, {"actor_warmup_updates": -5}):
+    for bad in ({"sft2_lr": 0.0}, {"sft2_lr": float("nan")}, {"bc_coef": -1.0}, {"actor_warmup_updates": -5},
+                {"sft2_lr_schedule": "linear"}):
         with pytest.raises(ValueError):
             LoopConfig(run_dir=str(tmp_path), **bad)
 

@@ -138,6 +138,20 @@ def test_episode_success_transitions_and_reset():
     assert outs[0].events[0]["episode_id"] == "test-00002" and outs[0].command is not None
 
 
+def test_episode_events_name_the_sim_task_even_when_it_arrives_late():
+    """The graph's first episode can start before the simulator's latched task id arrives: its end event still
+    names the task; a later episode keeps the id it started with."""
+    actor = make_actor(max_steps=50)
+    outs, t = run_ticks(actor, 0.0, 1)
+    assert outs[0].events[0]["task"] == ""
+    actor.task_name = "button"  # the latched /sim/task, mid-episode
+    outs, t = run_ticks(actor, t, 3, rewards={1: 1.0})
+    assert outs[-1].events[-1]["event"] == "end" and outs[-1].events[-1]["task"] == "button"
+    actor.reset_done(t)
+    outs, t = run_ticks(actor, t + DT, 1)
+    assert outs[0].events[0]["task"] == "button"
+
+
 def test_time_limit_truncates_and_num_episodes_stops():
     actor = make_actor(max_steps=3, num_episodes=1)
     outs, t = run_ticks(actor, 0.0, 4)

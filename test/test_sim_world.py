@@ -69,10 +69,13 @@ def test_fast_mode_lockstep_expert_success_reset(ros, procs):
     images = ros.collect(Image, itf.camera_image("wrist").name, IMAGE_QOS)
     infos = ros.collect(CameraInfo, itf.camera_info("wrist").name, IMAGE_QOS)
     instructions = ros.collect(String, itf.INSTRUCTION.name, LATCHED_QOS)
+    tasks = ros.collect(String, itf.SIM_TASK.name, LATCHED_QOS)
     poses = ros.collect(PoseStamped, itf.EE_POSE.name)
     try:
         wait_for(lambda: len(images) > 2 and len(infos) > 2, 60, what="first frames")
         assert instructions and instructions[-1].data.startswith("reach the ")
+        wait_for(lambda: tasks, 10, what="the first episode's task id")
+        assert tasks[-1].data == "reach"
         _check_frames(images, infos, "wrist")
         _wait_success(successes, 60, "reach success in fast mode")
         t = [_stamp(c) for c in clocks]
@@ -84,6 +87,7 @@ def test_fast_mode_lockstep_expert_success_reset(ros, procs):
         info = json.loads(reply.message)
         assert reply.success and info["task"] == "button" and info["seed"] == 1
         wait_for(lambda: instructions[-1].data == info["instruction"], 10, what="new instruction")
+        wait_for(lambda: tasks[-1].data == "button", 10, what="new task id")
         wait_for(lambda: successes and not successes[-1].data, 10, what="success cleared by the reset")
         _wait_success(successes, 60, "button success in fast mode")
         # The composed franka node's reset brings the arm home (the expert drives it away again right after, so

@@ -1,9 +1,10 @@
 """policy_node: the actor. A fixed-rate loop that turns the newest observation into a 7-D command.
 
 Subscribes: camera images (interfaces.camera_image(cam) per `cameras`), EE_POSE, GRIPPER, INSTRUCTION (latched),
-REWARD, INTERVENTION + TELEOP_ACTION (to flag and record human takeovers), HEAD_WEIGHTS (latched, RL learner),
-FULL_WEIGHTS_READY (latched, SFT). Publishes: ACTION (remapped to /policy/action by the graph), TRANSITION,
-EPISODE_EVENT, POLICY_VERSION (latched). Calls RESET and, when present, SIM_RESET between episodes.
+SIM_TASK (latched, simulation only), REWARD, INTERVENTION + TELEOP_ACTION (to flag and record human takeovers),
+HEAD_WEIGHTS (latched, RL learner), FULL_WEIGHTS_READY (latched, SFT). Publishes: ACTION (remapped to /policy/action
+by the graph), TRANSITION, EPISODE_EVENT, POLICY_VERSION (latched). Calls RESET and, when present, SIM_RESET
+between episodes.
 
 Threads (MultiThreadedExecutor): the control timer has its own callback group, so sensor callbacks, weight
 verification (decode + checksum + load into a spare head / a whole model folder) and reset calls never delay a
@@ -87,6 +88,8 @@ class PolicyNode(Node):
                                  callback_group=self.sensor_group)
         self.create_subscription(String, itf.INSTRUCTION.name, self.instruction_callback, LATCHED_QOS,
                                  callback_group=self.sensor_group)
+        self.create_subscription(String, itf.SIM_TASK.name, self.sim_task_callback, LATCHED_QOS,
+                                 callback_group=self.sensor_group)
         self.create_subscription(Float32, itf.REWARD.name, self.reward_callback, STATE_QOS,
                                  callback_group=self.sensor_group)
         self.create_subscription(Bool, itf.INTERVENTION.name, self.intervention_callback, COMMAND_QOS,
@@ -147,6 +150,10 @@ class PolicyNode(Node):
             self.get_logger().info(f"instruction: {msg.data!r}")
         except InputError as exc:
             self.get_logger().warning(f"rejected instruction: {exc}")
+
+    def sim_task_callback(self, msg: String) -> None:
+        """Names the first episode too (the others also get the id from /sim/reset's reply)."""
+        self.actor.task_name = msg.data[:200]
 
     def reward_callback(self, msg: Float32) -> None:
         try:

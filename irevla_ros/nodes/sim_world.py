@@ -9,6 +9,7 @@ fast      sim time. The franka node (FrankaNode, same code, same parameters) is 
           wall time without one (the graph never deadlocks); after it: robot state, images, success, then /clock.
 
 Publishes  /cameras/<cam>/color/image_raw (rgb8) + camera_info, /sim/success (Bool), /task/instruction (latched),
+           /sim/task (latched: the running episode's task id),
            /clock (fast mode), /teleop/action (only with expert_driver: the scripted expert "teleoperates")
 Services   /sim/reset (Trigger): next task (round robin / random over `tasks`) with objects randomised from
            `seed` (incremented per reset). The arm's reset is franka_node's /franka/reset (in both modes).
@@ -144,6 +145,7 @@ class SimWorldNode(Node):
         self.info_pubs = {c: self.create_publisher(CameraInfo, itf.camera_info(c).name, qos) for c in cfg.cameras}
         self.success_pub = self.create_publisher(Bool, itf.SIM_SUCCESS.name, STATE_QOS)
         self.instruction_pub = self.create_publisher(String, itf.INSTRUCTION.name, LATCHED_QOS)
+        self.task_pub = self.create_publisher(String, itf.SIM_TASK.name, LATCHED_QOS)
         self.expert_pub = self.create_publisher(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS) \
             if cfg.expert_driver else None
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -230,6 +232,7 @@ class SimWorldNode(Node):
         with self.lock:
             self.episode = randomize(self.world, task, seed)
         self.instruction_pub.publish(String(data=self.episode.instruction))
+        self.task_pub.publish(String(data=self.episode.task))
         return self.episode
 
     def reset_callback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

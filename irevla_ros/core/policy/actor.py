@@ -180,7 +180,7 @@ class PolicyActor:
         self.episode_steps = 0
         self.episode_instruction = ""
         self.task_name = ""
-        """The simulator's task id for the next episode (from /sim/reset's reply), echoed in episode events."""
+        """The simulator's task id (from /sim/reset's reply or the latched /sim/task), echoed in episode events."""
         self.episode_task = ""
         self._open: _OpenStep | None = None
         self._reset_done_at = -np.inf
@@ -342,7 +342,9 @@ class PolicyActor:
         self.stats["successes"] += int(success)
         out.events.append({"episode_id": self.episode_id, "event": "end", "success": bool(success),
                            "steps": self.episode_steps, "instruction": self.episode_instruction,
-                           "task": self.episode_task,
+                           # the graph's first episode can start before the latched task id arrives; no reset
+                           # (the only thing that changes it) happens inside an episode
+                           "task": self.episode_task or self.task_name,
                            "policy_version": self.slots.version, "mode": self.config.mode, "aborted": aborted})
         self.state = "resetting"
         out.request_reset = True
