@@ -90,6 +90,11 @@ class LoopConfig:
     sft2_lr_schedule: str = "cosine"
     """Stage-2 learning-rate schedule (the packager's `sft_lr_schedule`): with a constant rate one stage 2 on the
     same data swung by up to 50 points with its seed alone (bench/README.md, round 6)."""
+    sft2_max_online_episodes: int = 200
+    """Stage 2 trains on the expert demos + the newest N successful online episodes (the packager's
+    `max_online_episodes`). bench/learning.py trains each stage 2 on that round's successes only; the graph, by
+    default, on everything collected so far (made by many policy versions). Set N to about one round's successes
+    to match the bench (round 8, bench/README.md). 0 = expert demos only (no online replay)."""
     max_episode_steps: int = 40
     actor_warmup_updates: int = 500
     """Stage 1: critic-only updates before the SFT'd actor moves (docs/architecture.md: plain RLPD dragged the
@@ -115,6 +120,8 @@ class LoopConfig:
         self.pretrain_tasks()  # ValueError for an unknown pretrain_scenes
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
+        if self.sft2_max_online_episodes < 0:
+            raise ValueError(f"sft2_max_online_episodes must be >= 0, got {self.sft2_max_online_episodes}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
                      "torch_threads", "pretrain_layouts"):
             if getattr(self, name) < 1:
@@ -348,6 +355,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage-2 learning rate (LoRA adapters and head)")
     parser.add_argument("--sft2-lr-schedule", default=defaults.sft2_lr_schedule, choices=LR_SCHEDULES,
                         help="stage-2 learning-rate schedule (cosine: decays to 0 over the job)")
+    parser.add_argument("--sft2-max-online-episodes", type=int, default=defaults.sft2_max_online_episodes,
+                        metavar="N", help="stage 2 trains on the expert demos + the newest N successful online "
+                        "episodes (about one round's successes matches bench/learning.py)")
     parser.add_argument("--bc-coef", type=float, default=defaults.bc_coef,
                         help="stage 1: behaviour-cloning anchor on the demo rows of each SAC batch")
     parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
@@ -378,6 +388,7 @@ def run(ns: argparse.Namespace) -> int:
                             algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
                             sft2_lr=ns.sft2_lr, sft2_lr_schedule=ns.sft2_lr_schedule, bc_coef=ns.bc_coef,
+                            sft2_max_online_episodes=ns.sft2_max_online_episodes,
                             actor_warmup_updates=ns.actor_warmup_updates,
                             stop_after_iterations=ns.stop_after_iterations,
                             finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
@@ -550,6 +561,7 @@ class SimLoop:
                                                   "sft_steps": self.config.sft2_steps,
                                                   "sft_lr": self.config.sft2_lr,
                                                   "sft_lr_schedule": self.config.sft2_lr_schedule,
+                                                  "max_online_episodes": self.config.sft2_max_online_episodes,
                                                   "max_val_mse_ratio": self.config.sft_max_val_mse_ratio}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
                                             "demo_dir": str(self.demo_features_dir),
