@@ -31,6 +31,7 @@ from rich.table import Table
 from irevla_ros.core.sft.jobs import LR_SCHEDULES
 
 CAMERAS = ("wrist", "front")
+SFT2_MODES = ("lora", "full", "head")
 
 
 @dataclass
@@ -90,6 +91,9 @@ class LoopConfig:
     sft2_lr_schedule: str = "cosine"
     """Stage-2 learning-rate schedule (the packager's `sft_lr_schedule`): with a constant rate one stage 2 on the
     same data swung by up to 50 points with its seed alone (bench/README.md, round 6)."""
+    sft2_mode: str = "lora"
+    """Stage 2: "lora" (peft adapters + head, the product's stage 2), "full" (every weight, as the sim's stage 0
+    trains its random-init backbone) or "head" (the packager's `stage2_mode`)."""
     sft2_max_online_episodes: int = 200
     """Stage 2 trains on the expert demos + the newest N successful online episodes (the packager's
     `max_online_episodes`). bench/learning.py trains each stage 2 on that round's successes only; the graph, by
@@ -120,6 +124,8 @@ class LoopConfig:
         self.pretrain_tasks()  # ValueError for an unknown pretrain_scenes
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
+        if self.sft2_mode not in SFT2_MODES:
+            raise ValueError(f"sft2_mode must be one of {SFT2_MODES}, got {self.sft2_mode!r}")
         if self.sft2_max_online_episodes < 0:
             raise ValueError(f"sft2_max_online_episodes must be >= 0, got {self.sft2_max_online_episodes}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
@@ -355,6 +361,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage-2 learning rate (LoRA adapters and head)")
     parser.add_argument("--sft2-lr-schedule", default=defaults.sft2_lr_schedule, choices=LR_SCHEDULES,
                         help="stage-2 learning-rate schedule (cosine: decays to 0 over the job)")
+    parser.add_argument("--sft2-mode", default=defaults.sft2_mode, choices=SFT2_MODES,
+                        help="stage 2 trains LoRA adapters + head (the product's default), every weight, or the head")
     parser.add_argument("--sft2-max-online-episodes", type=int, default=defaults.sft2_max_online_episodes,
                         metavar="N", help="stage 2 trains on the expert demos + the newest N successful online "
                         "episodes (about one round's successes matches bench/learning.py)")
@@ -388,7 +396,7 @@ def run(ns: argparse.Namespace) -> int:
                             algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
                             sft2_lr=ns.sft2_lr, sft2_lr_schedule=ns.sft2_lr_schedule, bc_coef=ns.bc_coef,
-                            sft2_max_online_episodes=ns.sft2_max_online_episodes,
+                            sft2_max_online_episodes=ns.sft2_max_online_episodes, sft2_mode=ns.sft2_mode,
                             actor_warmup_updates=ns.actor_warmup_updates,
                             stop_after_iterations=ns.stop_after_iterations,
                             finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
@@ -562,6 +570,7 @@ class SimLoop:
                                                   "sft_lr": self.config.sft2_lr,
                                                   "sft_lr_schedule": self.config.sft2_lr_schedule,
                                                   "max_online_episodes": self.config.sft2_max_online_episodes,
+                                                  "stage2_mode": self.config.sft2_mode,
                                                   "max_val_mse_ratio": self.config.sft_max_val_mse_ratio}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
                                             "demo_dir": str(self.demo_features_dir),
