@@ -293,3 +293,20 @@ def test_head_updates_never_replace_a_new_backbone_with_an_old_head(tmp_path):
     assert actor.slots.stage_head_payload(encode_head_weights(head_state, 3, base_version="sft-1")) == "3"
     run_ticks(actor, t, 1)
     assert actor.slots.version == "3" and actor.slots.current.base_version == "sft-1"
+    with pytest.raises(WeightsRejected, match="already running"):  # the same head again
+        actor.slots.stage_head_payload(encode_head_weights(head_state, 3, base_version="sft-1"))
+
+
+def test_the_first_rl_head_on_new_full_weights_is_taken_even_if_the_numbers_match(tmp_path):
+    """Stage-2 results are numbered 1, 2, ... and so are each stage's RL heads: full weights "1" running and the
+    first head trained on them ("1", base "1") are different weights (the graph dropped that head, round 8)."""
+    actor = make_actor(mode="eval", max_steps=50)
+    run_ticks(actor, 0.0, 1)
+    sft = VLAModel.from_preset("tiny", num_cameras=2, head={"proprio_dim": 8}, seed=9)
+    actor.slots.stage_full(tmp_path / "sft", "1", sft.save_pretrained(tmp_path / "sft", version="1"))
+    outs, t = run_ticks(actor, 0.1, 1)
+    assert outs[0].swapped.source == "full" and actor.slots.version == "1"
+    head_state = {k: v + 0.1 for k, v in sft.head_state_dict().items()}
+    assert actor.slots.stage_head_payload(encode_head_weights(head_state, 1, base_version="1")) == "1"
+    outs, _ = run_ticks(actor, t, 1)
+    assert outs[0].swapped.source == "head" and actor.slots.current.base_version == "1"

@@ -73,7 +73,9 @@ class WeightSlots:
             head = base.model.make_head(state)
         except (PayloadError, ModelFolderError) as exc:
             raise WeightsRejected(f"head weights rejected: {exc}") from exc
-        if version == base.version:
+        if base.source == "head" and version == base.version and \
+                str(meta.get("base_version", base.base_version)) == base.base_version:
+            # Only a repeat of the running head: full weights "1" and the first RL head on them, also "1", differ.
             raise WeightsRejected(f"head weights v{version} are already running")
         with self._lock:
             pending_full = self._pending is not None and self._pending.source == "full"
