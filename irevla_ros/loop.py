@@ -367,7 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage 2 trains LoRA adapters + head (the product's default), every weight, or the head")
     parser.add_argument("--sft2-max-online-episodes", type=int, default=defaults.sft2_max_online_episodes,
                         metavar="N", help="stage 2 trains on the expert demos + the newest N successful online "
-                        "episodes (about one round's successes matches bench/learning.py)")
+                        "episodes (0 = the demos only, a control for what the online successes add)")
     parser.add_argument("--bc-coef", type=float, default=defaults.bc_coef,
                         help="stage 1: behaviour-cloning anchor on the demo rows of each SAC batch")
     parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
