@@ -28,10 +28,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from irevla_ros.core.sft.jobs import LR_SCHEDULES
+from irevla_ros.core.sft.jobs import LR_SCHEDULES, SFT_MODES
 
 CAMERAS = ("wrist", "front")
-SFT2_MODES = ("lora", "full", "head")
 
 
 @dataclass
@@ -126,8 +125,8 @@ class LoopConfig:
         self.pretrain_tasks()  # ValueError for an unknown pretrain_scenes
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
-        if self.sft2_mode not in SFT2_MODES:
-            raise ValueError(f"sft2_mode must be one of {SFT2_MODES}, got {self.sft2_mode!r}")
+        if self.sft2_mode not in SFT_MODES:
+            raise ValueError(f"sft2_mode must be one of {SFT_MODES}, got {self.sft2_mode!r}")
         if self.sft2_max_online_episodes < 0:
             raise ValueError(f"sft2_max_online_episodes must be >= 0, got {self.sft2_max_online_episodes}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
@@ -363,7 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage-2 learning rate (LoRA adapters and head)")
     parser.add_argument("--sft2-lr-schedule", default=defaults.sft2_lr_schedule, choices=LR_SCHEDULES,
                         help="stage-2 learning-rate schedule (cosine: decays to 0 over the job)")
-    parser.add_argument("--sft2-mode", default=defaults.sft2_mode, choices=SFT2_MODES,
+    parser.add_argument("--sft2-mode", default=defaults.sft2_mode, choices=SFT_MODES,
                         help="stage 2 trains LoRA adapters + head (the product's default), every weight, or the head")
     parser.add_argument("--sft2-max-online-episodes", type=int, default=defaults.sft2_max_online_episodes,
                         metavar="N", help="stage 2 trains on the expert demos + the newest N successful online "

@@ -24,7 +24,7 @@ from irevla_ros.core.data.episodes import SOURCES, EpisodeError, EpisodeRecordin
 from irevla_ros.core.data.signing import SignatureError, load_or_create_key
 from irevla_ros.core.data.spool import Spool, SpoolError, new_job_id
 from irevla_ros.core.iteration import STATE_FILE, Iteration, IterationConfig
-from irevla_ros.core.sft.jobs import LR_SCHEDULES, JobBuildError, JobConfig, build_job_dir, select_episodes
+from irevla_ros.core.sft.jobs import LR_SCHEDULES, SFT_MODES, JobBuildError, JobConfig, build_job_dir, select_episodes
 
 LOG = logging.getLogger("irevla.packager")
 
@@ -111,8 +111,8 @@ class PackagerConfig:
         if self.sft_lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"sft_lr_schedule must be one of {LR_SCHEDULES}, got {self.sft_lr_schedule!r}")
         for name in ("stage0_mode", "stage2_mode"):
-            if getattr(self, name) not in ("full", "lora", "head"):
-                raise ValueError(f"{name} must be full|lora|head, got {getattr(self, name)!r}")
+            if getattr(self, name) not in SFT_MODES:
+                raise ValueError(f"{name} must be one of {SFT_MODES}, got {getattr(self, name)!r}")
         self.iteration_config()
         self.job_config()
 

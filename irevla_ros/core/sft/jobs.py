@@ -31,6 +31,7 @@ from irevla_ros.core.data.episodes import (
 EXPERT, ONLINE = "expert", "online"
 TASK_BALANCE = ("none", "sqrt", "equal")
 LR_SCHEDULES = ("constant", "cosine")
+SFT_MODES = ("lora", "full", "head")
 """SFTConfig.lr_schedule values (here, not in train.py, so the packager can validate without importing torch)."""
 
 

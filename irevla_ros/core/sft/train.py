@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from irevla_ros.core.data.episodes import Episode, EpisodeStore, decode_image
-from irevla_ros.core.sft.jobs import EXPERT, LR_SCHEDULES, TASK_BALANCE
+from irevla_ros.core.sft.jobs import EXPERT, LR_SCHEDULES, SFT_MODES, TASK_BALANCE
 
 
 class LeaseLost(RuntimeError):
@@ -53,8 +53,8 @@ class SFTConfig:
     """no | fp16 | bf16 (accelerate)."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("lora", "full", "head"):
-            raise ValueError(f"SFTConfig.mode must be lora|full|head, got {self.mode!r}")
+        if self.mode not in SFT_MODES:
+            raise ValueError(f"SFTConfig.mode must be one of {SFT_MODES}, got {self.mode!r}")
         for name in ("steps", "batch_size", "lora_r", "lora_alpha", "val_every", "val_batch_size", "max_val_steps"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"SFTConfig.{name} must be > 0, got {getattr(self, name)!r}")
