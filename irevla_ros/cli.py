@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("irevla_ros.camera.calibrate", "hand-eye calibration (ChArUco) for wrist and fixed cameras"),
     "bag": ("irevla_ros.bag.cli", "rosbag (MCAP) record / play / eval / export"),
     "demos": ("irevla_ros.sim.demos", "record scripted expert demos in simulation into the dataset format"),
+    "eval": ("irevla_ros.sim.eval_cli", "success of saved policies on many held-out sim layouts, compared layout "
+             "by layout"),
     "status": ("irevla_ros.core.iteration", "print the persisted iRe-VLA stage/iteration state of a run folder"),
 }
 

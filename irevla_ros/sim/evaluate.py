@@ -32,30 +32,42 @@ def proprio_of(obs: dict) -> np.ndarray:
     return np.concatenate([obs["ee_position"], obs["ee_quaternion"], [obs["gripper_width"]]]).astype(np.float32)
 
 
+def evaluate_layouts(model, task: str, seeds: Sequence[int], *, image_size: int = 128,
+                     cameras: Sequence[str] = ("wrist", "front"), max_steps: int | None = None,
+                     progress=None) -> list[bool]:
+    """Success of one deterministic episode per layout seed, in order: per-layout outcomes let two policies be
+    compared on the same layouts (`irevla eval`), which separates them with far fewer episodes than two rates."""
+    from irevla_ros.sim.env import SimEnv
+
+    model.eval()
+    outcomes: list[bool] = []
+    with SimEnv(task, seed=int(seeds[0]) if len(seeds) else EVAL_SEED_BASE, image_size=image_size,
+                cameras=tuple(cameras)) as env:
+        limit = max_steps or env.max_steps
+        for seed in seeds:
+            obs = env.reset(seed=int(seed))
+            success = False
+            for _ in range(limit):
+                images = [torch.from_numpy(np.ascontiguousarray(obs["images"][c]))[None] for c in env.cameras]
+                with torch.inference_mode():
+                    out = model.act(images, [obs["instruction"]], proprio_of(obs)[None], stochastic=False)
+                obs, success, info = env.step(np.clip(out.action[0], -1.0, 1.0))
+                if success or info.get("timeout"):
+                    break
+            outcomes.append(bool(success))
+            if progress is not None:
+                progress(task, len(outcomes), sum(outcomes))
+    return outcomes
+
+
 def evaluate_policy(model, tasks: Sequence[str], episodes: int, *, image_size: int = 128,
                     cameras: Sequence[str] = ("wrist", "front"), seed: int = EVAL_SEED_BASE,
                     max_steps: int | None = None, progress=None) -> dict[str, TaskResult]:
-    """Run `episodes` deterministic episodes per task; `model` is a VLAModel (its current head and weights)."""
-    from irevla_ros.sim.env import SimEnv
-
+    """Run `episodes` deterministic episodes per task (layout seeds `seed`, `seed + 1`, ...); `model` is a
+    VLAModel (its current head and weights)."""
     results: dict[str, TaskResult] = {}
-    model.eval()
     for task in tasks:
-        ok = 0
-        with SimEnv(task, seed=seed, image_size=image_size, cameras=tuple(cameras)) as env:
-            limit = max_steps or env.max_steps
-            for i in range(episodes):
-                obs = env.reset(seed=seed + i)
-                success = False
-                for _ in range(limit):
-                    images = [torch.from_numpy(np.ascontiguousarray(obs["images"][c]))[None] for c in env.cameras]
-                    with torch.inference_mode():
-                        out = model.act(images, [obs["instruction"]], proprio_of(obs)[None], stochastic=False)
-                    obs, success, info = env.step(np.clip(out.action[0], -1.0, 1.0))
-                    if success or info.get("timeout"):
-                        break
-                ok += int(success)
-                if progress is not None:
-                    progress(task, i + 1, ok)
-        results[task] = TaskResult(task, episodes, ok)
+        outcomes = evaluate_layouts(model, task, range(seed, seed + episodes), image_size=image_size,
+                                    cameras=cameras, max_steps=max_steps, progress=progress)
+        results[task] = TaskResult(task, episodes, sum(outcomes))
     return results
