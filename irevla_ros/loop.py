@@ -100,6 +100,9 @@ class LoopConfig:
     default, on everything collected so far (made by many policy versions); N = 20 (about the bench's) gave the same
     result through the graph (round 8, bench/README.md). 0 = expert demos only: the control for what the online
     successes add."""
+    sft2_expert_fraction: float = 0.5
+    """Share of each stage-2 batch drawn from the expert demos, the rest from the online successes (the packager's
+    `expert_fraction`; the paper mixes both). 1.0 trains on the demos only, as `sft2_max_online_episodes` 0 does."""
     max_episode_steps: int = 40
     actor_warmup_updates: int = 500
     """Stage 1: critic-only updates before the SFT'd actor moves (docs/architecture.md: plain RLPD dragged the
@@ -129,6 +132,8 @@ class LoopConfig:
             raise ValueError(f"sft2_mode must be one of {SFT_MODES}, got {self.sft2_mode!r}")
         if self.sft2_max_online_episodes < 0:
             raise ValueError(f"sft2_max_online_episodes must be >= 0, got {self.sft2_max_online_episodes}")
+        if not (math.isfinite(self.sft2_expert_fraction) and 0.0 <= self.sft2_expert_fraction <= 1.0):
+            raise ValueError(f"sft2_expert_fraction must be in [0, 1], got {self.sft2_expert_fraction}")
         for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
                      "torch_threads", "pretrain_layouts"):
             if getattr(self, name) < 1:
@@ -367,6 +372,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft2-max-online-episodes", type=int, default=defaults.sft2_max_online_episodes,
                         metavar="N", help="stage 2 trains on the expert demos + the newest N successful online "
                         "episodes (0 = the demos only, a control for what the online successes add)")
+    parser.add_argument("--sft2-expert-fraction", type=float, default=defaults.sft2_expert_fraction,
+                        metavar="F", help="share of each stage-2 batch drawn from the expert demos (the rest: online "
+                        "successes)")
     parser.add_argument("--bc-coef", type=float, default=defaults.bc_coef,
                         help="stage 1: behaviour-cloning anchor on the demo rows of each SAC batch")
     parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
@@ -398,6 +406,7 @@ def run(ns: argparse.Namespace) -> int:
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
                             sft2_lr=ns.sft2_lr, sft2_lr_schedule=ns.sft2_lr_schedule, bc_coef=ns.bc_coef,
                             sft2_max_online_episodes=ns.sft2_max_online_episodes, sft2_mode=ns.sft2_mode,
+                            sft2_expert_fraction=ns.sft2_expert_fraction,
                             actor_warmup_updates=ns.actor_warmup_updates,
                             stop_after_iterations=ns.stop_after_iterations,
                             finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
@@ -571,6 +580,7 @@ class SimLoop:
                                                   "sft_lr": self.config.sft2_lr,
                                                   "sft_lr_schedule": self.config.sft2_lr_schedule,
                                                   "max_online_episodes": self.config.sft2_max_online_episodes,
+                                                  "expert_fraction": self.config.sft2_expert_fraction,
                                                   "stage2_mode": self.config.sft2_mode,
                                                   "max_val_mse_ratio": self.config.sft_max_val_mse_ratio}},
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),

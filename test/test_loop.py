@@ -88,8 +88,8 @@ def test_stage0_cache_refuses_a_run_folder_pretrained_on_other_scenes(tmp_path):
 
 
 def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
-    """--sft2-lr, --sft2-lr-schedule, --sft2-max-online-episodes and --sft2-mode go to the packager (sft_lr,
-    sft_lr_schedule, max_online_episodes, stage2_mode), --bc-coef and
+    """--sft2-lr, --sft2-lr-schedule, --sft2-max-online-episodes, --sft2-mode and --sft2-expert-fraction go to the
+    packager (sft_lr, sft_lr_schedule, max_online_episodes, stage2_mode, expert_fraction), --bc-coef and
     --actor-warmup-updates to the rl_node."""
     import argparse
 
@@ -101,10 +101,12 @@ def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
     add_arguments(parser)
     ns = parser.parse_args(["--run-dir", str(tmp_path), "--sft2-lr", "3e-4", "--bc-coef", "2.5",
                             "--actor-warmup-updates", "800", "--sft2-lr-schedule", "constant",
-                            "--sft2-max-online-episodes", "12", "--sft2-mode", "full"])
+                            "--sft2-max-online-episodes", "12", "--sft2-mode", "full",
+                            "--sft2-expert-fraction", "0.8"])
     config = LoopConfig(run_dir=ns.run_dir, sft2_lr=ns.sft2_lr, bc_coef=ns.bc_coef,
                         actor_warmup_updates=ns.actor_warmup_updates, sft2_lr_schedule=ns.sft2_lr_schedule,
-                        sft2_max_online_episodes=ns.sft2_max_online_episodes, sft2_mode=ns.sft2_mode)
+                        sft2_max_online_episodes=ns.sft2_max_online_episodes, sft2_mode=ns.sft2_mode,
+                        sft2_expert_fraction=ns.sft2_expert_fraction)
     params = yaml.safe_load(SimLoop(config).graph_parameters().read_text())
     assert params["packager_node"]["ros__parameters"]["sft_lr"] == pytest.approx(3e-4)
     assert params["packager_node"]["ros__parameters"]["sft_lr_schedule"] == "constant"
@@ -112,11 +114,12 @@ def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
     assert params["packager_node"]["ros__parameters"]["max_online_episodes"] == 12
     assert params["packager_node"]["ros__parameters"]["stage2_mode"] == "full"
     assert LoopConfig().sft2_mode == "lora"
+    assert params["packager_node"]["ros__parameters"]["expert_fraction"] == pytest.approx(0.8)
     assert params["rl_node"]["ros__parameters"]["bc_coef"] == pytest.approx(2.5)
     assert params["rl_node"]["ros__parameters"]["actor_warmup_updates"] == 800
     for bad in ({"sft2_lr": 0.0}, {"sft2_lr": float("nan")}, {"bc_coef": -1.0}, {"actor_warmup_updates": -5},
                 {"sft2_lr_schedule": "linear"}, {"sft2_max_online_episodes": -1},
-                {"sft2_mode": "qlora"}):
+                {"sft2_mode": "qlora"}, {"sft2_expert_fraction": 1.5}, {"sft2_expert_fraction": float("nan")}):
         with pytest.raises(ValueError):
             LoopConfig(run_dir=str(tmp_path), **bad)
 
