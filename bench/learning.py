@@ -7,7 +7,9 @@ Arms (iRe-VLA, arXiv 2501.16664, Sec. 5):
             online episodes]; evaluated after every iteration;
   noreplay  iRe-VLA whose stage 2 sees only the online successes (no expert replay): the paper's forgetting test;
   whole     online RL on the whole model (backbone NOT frozen): the same SAC, but every update re-encodes the batch
-            with the backbone and the actor loss also trains LoRA adapters of the backbone (what freezing avoids).
+            with the backbone and the actor loss also trains LoRA adapters of the backbone (what freezing avoids);
+  demosonly no stage 1: each iteration's stage 2 on the expert demos alone, same steps and schedule (the control:
+            what iRe-VLA's online successes add over more supervised training on the demos).
 
 Every arm uses the product's own pieces: SimEnv (the franka node's controller + MuJoCo), VLAModel (tiny random-init
 BLIP-2 by default), OnlineLearner (the rl_node's learner), core.sft.train (the sft-worker's trainer),
@@ -46,7 +48,7 @@ from irevla_ros.sim.evaluate import evaluate_policy, proprio_of  # noqa: E402
 from irevla_ros.sim.pretrain import PretrainConfig, pretrain_backbone, pretrain_tasks, render_scenes  # noqa: E402
 
 CAMERAS = ("wrist", "front")
-ARMS = ("sft", "irevla", "noreplay", "whole")
+ARMS = ("sft", "irevla", "noreplay", "whole", "demosonly")
 
 
 @dataclasses.dataclass
@@ -249,6 +251,16 @@ def run_arm(arm: str, seed: int, budget: Budget, work: Path, demos_dir: Path, lo
     rng = np.random.default_rng(seed)
     for it in range(1, budget.iterations + 1):
         stage = work / f"{arm}-seed{seed}-it{it}"
+        if arm == "demosonly":
+            model = sft(model, train_eps, val_eps, budget.sft2_steps, budget.sft2_mode, seed + it,
+                        lr_schedule=budget.sft2_lr_schedule)
+            model_dir = stage / "model"
+            model.save_pretrained(model_dir, version=f"it{it}")
+            model = VLAModel.from_pretrained(model_dir)
+            history.append({"iteration": it, **evaluate(model, budget),
+                            "minutes": round((time.monotonic() - started) / 60, 1)})
+            log(f"{arm} seed {seed} it {it}: {history[-1]}")
+            continue
         demos = stage / "demo_features"
         encode_demo_features(model, [demos_dir], demos, list(CAMERAS),
                              episode_ids=[e.info.episode_id for e in train_eps])

@@ -93,7 +93,8 @@ class LoopConfig:
     sft2_mode: str = "lora"
     """Stage 2: "lora" (peft adapters + head, the product's stage 2), "full" (every weight, as the sim's stage 0
     trains its random-init backbone) or "head" (the packager's `stage2_mode`). From a short SFT-0 "full" reached
-    90-95 % on the expert task where LoRA reached 85 %, but so did "full" on the demos alone (round 8)."""
+    81-88 % on the expert task (100 layouts) where LoRA reached 67-71 %, but "full" on the demos alone reached
+    87-89 % and kept the new task higher (bench/README.md, round 9)."""
     sft2_max_online_episodes: int = 200
     """Stage 2 trains on the expert demos + the newest N successful online episodes (the packager's
     `max_online_episodes`). bench/learning.py trains each stage 2 on that round's successes only; the graph, by

@@ -176,8 +176,9 @@ def print_summary(summary: dict) -> None:
 
     table = Table(title=f"success on {summary['episodes']} held-out layouts per task "
                         f"(seeds {summary['seed_first']}..{summary['seed_first'] + summary['episodes'] - 1})")
-    for col in ("model", "task", "success", "95 % interval"):
-        table.add_column(col)
+    table.add_column("model", overflow="fold")
+    for col in ("task", "success", "95 % interval"):
+        table.add_column(col, no_wrap=True)
     for row in summary["rows"]:
         lo, hi = row["ci95"]
         table.add_row(row["model"], row["task"], f"{row['successes']}/{row['episodes']} = {100 * row['rate']:.1f} %",
@@ -186,8 +187,9 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     if summary["paired"]:
         pairs = Table(title="the same layouts, against the first model (sign test on the layouts where they differ)")
-        for col in ("model", "task", "better on", "worse on", "p (two-sided)"):
-            pairs.add_column(col)
+        pairs.add_column("model", overflow="fold")
+        for col in ("task", "better on", "worse on", "p (two-sided)"):
+            pairs.add_column(col, no_wrap=True)
         for p in summary["paired"]:
             pairs.add_row(p["model"], p["task"], str(p["better_on"]), str(p["worse_on"]), f"{p['sign_test_p']:.3g}")
         console.print(pairs)
