@@ -145,11 +145,11 @@ def test_demo_episodes_start_on_motion_and_end_on_label():
 def test_scripted_device_drives_teleop_node_through_the_mux(procs, ros, tmp_path):
     """The scripted stand-in for the SpaceMouse drives the real teleop_node; cmd_mux lets the human override
     the policy and flags the intervention, then hands control back to the policy after its timeout."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Bool, Float64MultiArray, String
 
     from irevla_ros import interfaces as itf
-    from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS
+    from irevla_ros.nodes._common import COMMAND_QOS
 
     lead_s = 3.0  # idle start: discovery between teleop_node, the mux and this test takes up to ~3 s
     script = tmp_path / "spacemouse_standin.json"
@@ -160,10 +160,14 @@ def test_scripted_device_drives_teleop_node_through_the_mux(procs, ros, tmp_path
         {"duration_s": 0.1, "events": ["success"]},
     ]))
     deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)  # keep every command for the checks
+    # Labels and episode events are kept for late subscribers (transient local): under load this test may discover
+    # the new teleop_node after the script already sent them, as a bag recorder would.
+    late_ok = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
     out = ros.collect(Float64MultiArray, itf.ACTION.name, deep)
     flags = ros.collect(Bool, itf.INTERVENTION.name, deep)
-    labels = ros.collect(String, itf.HUMAN_LABEL.name, DATA_QOS)
-    episodes = ros.collect(String, itf.EPISODE_EVENT.name, DATA_QOS)
+    labels = ros.collect(String, itf.HUMAN_LABEL.name, late_ok)
+    episodes = ros.collect(String, itf.EPISODE_EVENT.name, late_ok)
     policy = ros.node.create_publisher(Float64MultiArray, itf.POLICY_ACTION.name, COMMAND_QOS)
     policy_action = [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
     ros.node.create_timer(0.05, lambda: policy.publish(Float64MultiArray(data=policy_action)))

@@ -21,7 +21,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from irevla_ros import interfaces as itf
-from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS, LATCHED_QOS, declare_config, spin_node, to_float64_array
+from irevla_ros.nodes._common import COMMAND_QOS, LATCHED_QOS, declare_config, spin_node, to_float64_array
 from irevla_ros.teleop import DemoEpisodes, TeleopConfig, TeleopMapper, make_device
 from irevla_ros.teleop.devices import ScriptedDevice
 
@@ -32,6 +32,9 @@ EPISODE_EVENT_QOS = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliabi
 latest episode, or the previous end and the current start), so a subscriber that matches late still gets them: a
 bag recorder subscribes only once it has discovered this new node's publisher (> 2.5 s under load), often after
 the start event went out with the first push. Volatile subscribers (packager, foxglove, reward) are compatible."""
+HUMAN_LABEL_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""Human success/failure labels: as rare and as important as the episode events, so kept for late subscribers too."""
 
 
 class TeleopNode(Node):
@@ -46,7 +49,7 @@ class TeleopNode(Node):
         self.instruction = ""
         self.episodes = DemoEpisodes() if self.config.publish_episode_events else None
         self.action_pub = self.create_publisher(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS)
-        self.label_pub = self.create_publisher(String, itf.HUMAN_LABEL.name, DATA_QOS)
+        self.label_pub = self.create_publisher(String, itf.HUMAN_LABEL.name, HUMAN_LABEL_QOS)
         self.episode_pub = self.create_publisher(String, itf.EPISODE_EVENT.name, EPISODE_EVENT_QOS)
         self.create_subscription(String, itf.INSTRUCTION.name, self.instruction_callback, LATCHED_QOS)
         self.reset_clients = [self.create_client(Trigger, name) for name in self.config.reset_service_names]
