@@ -21,8 +21,6 @@ from pathlib import Path
 
 from irevla_ros.sim.evaluate import EVAL_SEED_BASE
 
-CAMERAS = ("wrist", "front")
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -73,8 +71,9 @@ def resolve_candidates(paths: Sequence[str]) -> list[Candidate]:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"irevla eval: cannot read {status_file}: {exc}") from exc
         sft0 = path / "models" / "sft0"
-        if (sft0 / MANIFEST).is_file() and folder_sha256(sft0) not in sft0_seen:
-            sft0_seen.add(folder_sha256(sft0))
+        sft0_digest = folder_sha256(sft0) if (sft0 / MANIFEST).is_file() else None
+        if sft0_digest is not None and sft0_digest not in sft0_seen:
+            sft0_seen.add(sft0_digest)
             out.append(Candidate(label=f"{path.name}:sft0", path=sft0))
         final = evaluated.get("model")
         if final and evaluated.get("head") == "own" and Path(final) != sft0:
@@ -118,7 +117,7 @@ def _run_chunk(job: tuple[str, str, list[int], int]) -> tuple[str, str, list[int
     model = _MODELS.get(path)
     if model is None:
         model = _MODELS[path] = VLAModel.from_pretrained(path)
-    return path, task, seeds, evaluate_layouts(model, task, seeds, image_size=image_size, cameras=CAMERAS)
+    return path, task, seeds, evaluate_layouts(model, task, seeds, image_size=image_size)
 
 
 def evaluate_candidates(candidates: Sequence[Candidate], tasks: Sequence[str], seeds: Sequence[int], *,

@@ -31,8 +31,9 @@ from irevla_ros.core.data.episodes import (
 EXPERT, ONLINE = "expert", "online"
 TASK_BALANCE = ("none", "sqrt", "equal")
 LR_SCHEDULES = ("constant", "cosine")
-SFT_MODES = ("lora", "full", "head")
 """SFTConfig.lr_schedule values (here, not in train.py, so the packager can validate without importing torch)."""
+SFT_MODES = ("lora", "full", "head")
+"""SFTConfig.mode values, for the same reason (SFTConfig, the packager and `irevla sim` share this one list)."""
 
 
 class JobBuildError(ValueError):
