@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -31,6 +33,9 @@ from rich.table import Table
 from irevla_ros.core.sft.jobs import LR_SCHEDULES, SFT_MODES
 
 CAMERAS = ("wrist", "front")
+RUN_DISK_GB = 1.5
+"""About what one default run writes (round 9: ~0.9 GB of replay buffer in rl/, ~0.25 GB of stage-2 bundles in
+spool/, models and episodes); below it the loop warns before it starts."""
 
 
 @dataclass
@@ -39,8 +44,11 @@ class LoopConfig:
     minutes: float = 15.0
     """Wall-clock budget of the online phase (stage 1/2 iterations)."""
     demos_per_task: int = 60
-    eval_episodes: int = 20
-    """Per task, before and after (10 episodes gave +-15 % noise on the summary)."""
+    eval_episodes: int = 100
+    """Held-out layouts per task, before and after, the same layouts both times. At 20 a rate is uncertain by about
+    +-20 points and the loop's summaries read 5-40 points above 100-layout rates (bench/README.md, round 9)."""
+    eval_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    """Processes that play the evaluation episodes (one torch thread each; the graph is stopped by then)."""
     seed: int = 0
     algorithm: str = "sac"
     web: bool = False
@@ -135,8 +143,8 @@ class LoopConfig:
             raise ValueError(f"sft2_max_online_episodes must be >= 0, got {self.sft2_max_online_episodes}")
         if not (math.isfinite(self.sft2_expert_fraction) and 0.0 <= self.sft2_expert_fraction <= 1.0):
             raise ValueError(f"sft2_expert_fraction must be in [0, 1], got {self.sft2_expert_fraction}")
-        for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "max_episode_steps",
-                     "torch_threads", "pretrain_layouts"):
+        for name in ("demos_per_task", "sft0_steps", "sft2_steps", "eval_episodes", "eval_workers",
+                     "max_episode_steps", "torch_threads", "pretrain_layouts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.algorithm not in ("sac", "ppo"):
@@ -348,7 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scripted expert demos per expert task (stage 0)")
     parser.add_argument("--sft0-steps", type=int, default=defaults.sft0_steps, help="stage-0 SFT updates")
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes,
-                        help="evaluation episodes per task, before and after")
+                        help="held-out layouts per task, evaluated before and after (the same ones)")
+    parser.add_argument("--eval-workers", type=int, default=defaults.eval_workers,
+                        help="processes for the evaluations (default: CPU cores, at most 4)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--algorithm", choices=("sac", "ppo"), default=defaults.algorithm, help="stage-1 learner")
     parser.add_argument("--sft-every-n-successes", type=int, default=defaults.sft_every_n_successes,
@@ -402,7 +412,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> int:
     try:
         config = LoopConfig(run_dir=ns.run_dir, minutes=ns.minutes, demos_per_task=ns.demos_per_task,
-                            sft0_steps=ns.sft0_steps, eval_episodes=ns.eval_episodes, seed=ns.seed,
+                            sft0_steps=ns.sft0_steps, eval_episodes=ns.eval_episodes,
+                            eval_workers=ns.eval_workers, seed=ns.seed,
                             algorithm=ns.algorithm, web=ns.web, sft_every_n_successes=ns.sft_every_n_successes,
                             max_episode_steps=ns.max_episode_steps, sft2_steps=ns.sft2_steps,
                             sft2_lr=ns.sft2_lr, sft2_lr_schedule=ns.sft2_lr_schedule, bc_coef=ns.bc_coef,
@@ -528,41 +539,68 @@ class SimLoop:
                              list(CAMERAS), model_sha256=folder_sha256(self.sft0_dir), progress=True, log=self._say)
 
     # --- evaluation ------------------------------------------------------------------------------------------
-    def evaluate(self, model, label: str) -> dict[str, float]:
-        from irevla_ros.sim.evaluate import evaluate_policy
+    def evaluate(self, model_dir: Path, label: str) -> dict[str, dict]:
+        """Per task: rate, 95 % interval and per-layout outcomes (`eval_cli.outcome_record`) on the loop's held-out
+        layouts, played by `eval_workers` processes. Raises EvaluationInterrupted on Ctrl-C."""
+        from irevla_ros.sim.eval_cli import Candidate, evaluate_candidates, outcome_record
+        from irevla_ros.sim.evaluate import EVAL_SEED_BASE
 
         tasks = list(self.config.expert_tasks) + list(self.config.new_tasks)
-        self._say(f"[eval] {label}: {self.config.eval_episodes} episodes per task on {', '.join(tasks)}")
-        results = evaluate_policy(model, tasks, self.config.eval_episodes, image_size=self.config.image_size,
-                                  cameras=CAMERAS)
-        rates = {t: r.rate for t, r in results.items()}
-        self._say(f"[eval] {label}: " + ", ".join(f"{t} {100 * v:.0f}%" for t, v in rates.items()))
-        return rates
+        seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + self.config.eval_episodes))
+        self._say(f"[eval] {label}: {len(seeds)} held-out layouts per task on {', '.join(tasks)} "
+                  f"({self.config.eval_workers} processes)")
+        outcomes = evaluate_candidates([Candidate(label, model_dir)], tasks, seeds, workers=self.config.eval_workers,
+                                       image_size=self.config.image_size, should_stop=self._stop.is_set)
+        results = {t: outcome_record(outcomes[(str(model_dir), t)], seeds[0]) for t in tasks}
+        self._say(f"[eval] {label}: " + ", ".join(f"{t} {100 * r['rate']:.0f}%" for t, r in results.items()))
+        return results
 
-    def final_model(self, monitor: GraphMonitor | None):
-        """With `finish_with_stage2`: the last verified stage-2 model with its own head. Otherwise (or before any
-        stage 2) the policy as the graph left it: that model (or SFT-0) + the learner's last head for it."""
+    def cached_sft0_evaluation(self) -> dict[str, dict] | None:
+        """eval_sft0.json when it holds per-layout outcomes for today's tasks and layout count (older runs wrote
+        bare rates: evaluated again)."""
+        from irevla_ros.sim.evaluate import EVAL_SEED_BASE
+
+        path = self.root / "eval_sft0.json"
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        tasks = [*self.config.expert_tasks, *self.config.new_tasks]
+        ok = all(isinstance(cached.get(t), dict) and cached[t].get("episodes") == self.config.eval_episodes
+                 and cached[t].get("seed_first") == EVAL_SEED_BASE
+                 and len(cached[t].get("outcomes", "")) == self.config.eval_episodes for t in tasks)
+        return {t: cached[t] for t in tasks} if ok else None
+
+    def final_policy(self, monitor: GraphMonitor | None) -> Path:
+        """The folder that holds the policy to judge. With `finish_with_stage2`: the last verified stage-2 model
+        with its own head. Otherwise (or before any stage 2) the policy as the graph left it: that model (or SFT-0)
+        + the learner's last head for it, written to models/final_running so `irevla eval` can replay it."""
         from irevla_ros.core.model.vla import VLAModel
         from irevla_ros.core.model.weights import decode_head_weights
 
         path = self.sft0_dir
         if monitor is not None and monitor.latest_full_path:
             path = Path(monitor.latest_full_path)
-        model = VLAModel.from_pretrained(path)
         status = monitor.status if monitor is not None else None
         if status is not None:
-            status.evaluated.update(model=str(path), head="own")
+            status.evaluated.update(model=str(path), head="own", policy_folder=str(path))
         if self.config.finish_with_stage2 and path != self.sft0_dir:
             self._say(f"[eval] the last stage-2 model with its own head: {path}")
-            return model
+            return path
         if monitor is not None and monitor.latest_head is not None and monitor.latest_head_after_full:
+            model = VLAModel.from_pretrained(path)
             state, version, meta = decode_head_weights(monitor.latest_head, model.config.head, with_meta=True)
             base = meta.get("base_version")
             if base in (None, "", getattr(model, "version", None)) or not monitor.latest_full_path:
                 model.load_head_state_dict(state)
-                status.evaluated["head"] = f"learner v{version}"
-                self._say(f"[eval] using the learner's head v{version} on {path.name}")
-        return model
+                folder = self.root / "models" / "final_running"
+                if folder.exists():
+                    shutil.rmtree(folder)
+                model.save_pretrained(folder, version=f"{getattr(model, 'version', '') or 'sft0'}+head-v{version}")
+                status.evaluated.update(head=f"learner v{version}", policy_folder=str(folder))
+                self._say(f"[eval] using the learner's head v{version} on {path.name} (saved as {folder})")
+                return folder
+        return path
 
     # --- the online phase -----------------------------------------------------------------------------------
     def graph_parameters(self) -> Path:
@@ -709,6 +747,11 @@ class SimLoop:
 
         torch.set_num_threads(self.config.torch_threads)
         self.root.mkdir(parents=True, exist_ok=True)
+        free_gb = shutil.disk_usage(self.root).free / 1e9
+        if free_gb < RUN_DISK_GB:
+            self._say(f"[warning] only {free_gb:.1f} GB free under {self.root}; a default run writes about "
+                      f"{RUN_DISK_GB:.1f} GB (replay buffer in rl/, stage-2 bundles in spool/), and a full disk stops "
+                      "the graph (finished episodes stay on disk; a rerun resumes)")
         try:
             self.check_stage0_cache()
         except ValueError as exc:
@@ -718,45 +761,60 @@ class SimLoop:
         self.record_demos()
         self.stage0_sft()
         self.demo_features()
-        from irevla_ros.core.model.vla import VLAModel
+        from irevla_ros.sim.eval_cli import EvaluationInterrupted
 
-        before_path = self.root / "eval_sft0.json"
-        counted = self.root / "eval_sft0.episodes"  # the cached "before" is reused only for the same count
-        if before_path.exists() and counted.exists() and counted.read_text() == str(self.config.eval_episodes):
-            before = json.loads(before_path.read_text())
-        else:
-            before = self.evaluate(VLAModel.from_pretrained(self.sft0_dir), "SFT only (stage 0)")
-            before_path.write_text(json.dumps(before, indent=2))
-            counted.write_text(str(self.config.eval_episodes))
+        before = self.cached_sft0_evaluation()
+        if before is None:
+            try:
+                before = self.evaluate(self.sft0_dir, "SFT only (stage 0)")
+            except EvaluationInterrupted:
+                return 130
+            (self.root / "eval_sft0.json").write_text(json.dumps(before, indent=1))
         if self._stop.is_set():
             return 130
         status = LiveStatus()
         code, monitor = self.run_graph(status)
         try:
-            after = self.evaluate(self.final_model(monitor), f"after the online phase (policy {status.policy_version})")
+            final = self.final_policy(monitor)
         finally:
             if monitor is not None:
                 monitor.close()
-        (self.root / "eval_final.json").write_text(json.dumps(after, indent=2))
+        # written before the evaluation so that `irevla eval RUN_DIR` finds the final policy even if it is cut short
         (self.root / "loop_status.json").write_text(json.dumps(status.to_json(), indent=2))
+        try:
+            after = self.evaluate(final, f"after the online phase (policy {status.policy_version})")
+        except EvaluationInterrupted:
+            self._say(f"[eval] interrupted; evaluate later with: irevla eval {self.root}")
+            return 130
+        (self.root / "eval_final.json").write_text(json.dumps(after, indent=1))
         self.summary(before, after, status)
         return code
 
-    def summary(self, before: dict[str, float], after: dict[str, float], status: LiveStatus) -> None:
+    def summary(self, before: dict[str, dict], after: dict[str, dict], status: LiveStatus) -> None:
+        from irevla_ros.sim.eval_cli import paired_counts
+
+        def rate(record: dict) -> str:
+            lo, hi = record["ci95"]
+            return f"{100 * record['rate']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+
         table = Table(title=f"irevla sim summary ({self.root})")
-        for col in ("task", "split", "SFT only", "after iRe-VLA", "change"):
+        for col in ("task", "split", "SFT only", "after iRe-VLA", "change", "layouts better / worse", "p"):
             table.add_column(col)
-        for task, rate in after.items():
+        for task, record in after.items():
             split = "expert" if task in self.config.expert_tasks else "new"
-            b = before.get(task, 0.0)
-            table.add_row(task, split, f"{100 * b:.0f}%", f"{100 * rate:.0f}%", f"{100 * (rate - b):+.0f} pts")
+            base = before[task]
+            wins, losses, p = paired_counts(record["outcomes"], base["outcomes"])
+            table.add_row(task, split, rate(base), rate(record), f"{100 * (record['rate'] - base['rate']):+.0f} pts",
+                          f"+{wins} / -{losses}", f"{p:.2g}")
         evaluated = status.evaluated
         head = "its own head" if evaluated.get("head") == "own" else f"the {evaluated.get('head')} head"
         model = "SFT-0" if evaluated.get("model") == str(self.sft0_dir) else "the last stage-2 model"
         what = f"evaluated: {model} with {head}" if evaluated.get("model") else ""
         if evaluated.get("final_stage2"):
             what += f" (final stage 2: {evaluated['final_stage2']})"
-        table.caption = (f"{status.episodes} online episodes, stage {status.stage}, iteration {status.iteration}, "
+        table.caption = (f"{self.config.eval_episodes} held-out layouts per task, the same before and after (95 % "
+                         "intervals in brackets; p: sign test on the layouts where the two differ). "
+                         f"{status.episodes} online episodes, stage {status.stage}, iteration {status.iteration}, "
                          f"policy {status.policy_version}; {what}; tensorboard --logdir {self.root}")
         self.console.print(table)
 

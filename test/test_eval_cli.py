@@ -15,7 +15,16 @@ import pytest
 
 from irevla_ros.core.model.vla import HEAD_FILE, VLAModel
 from irevla_ros.sim.env import SimEnv
-from irevla_ros.sim.eval_cli import Candidate, evaluate_candidates, sign_test_p, summarize, wilson_interval
+from irevla_ros.sim.eval_cli import (
+    Candidate,
+    EvaluationInterrupted,
+    evaluate_candidates,
+    outcome_record,
+    paired_counts,
+    sign_test_p,
+    summarize,
+    wilson_interval,
+)
 from irevla_ros.sim.evaluate import evaluate_layouts
 
 
@@ -27,6 +36,16 @@ def test_interval_and_sign_test_values():
     assert sign_test_p(6, 0) == pytest.approx(2 / 64)
     assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
     assert sign_test_p(10, 2) == pytest.approx(sign_test_p(2, 10)) == pytest.approx(0.03857, abs=1e-4)
+
+
+def test_outcome_records_compare_layout_by_layout():
+    record = outcome_record([True, False, True, True], seed_first=10_000)
+    assert record["outcomes"] == "1011" and record["successes"] == 3 and record["rate"] == 0.75
+    assert record["ci95"] == list(wilson_interval(3, 4)) and record["seed_first"] == 10_000
+    # better on layouts 1 and 4, worse on layout 2, the same on layout 3
+    assert paired_counts("1101", "1010") == (2, 1, sign_test_p(2, 1))
+    with pytest.raises(ValueError, match="same layouts"):
+        paired_counts("11", "110")
 
 
 def test_an_episode_depends_only_on_its_layout_seed():
@@ -77,6 +96,20 @@ def test_parallel_outcomes_match_one_process_layout_by_layout(two_models):
     (pair,) = summary["paired"]
     assert pair["better_on"] == sum(x == "1" and y == "0" for x, y in zip(b, a, strict=True))
     assert pair["worse_on"] == sum(x == "0" and y == "1" for x, y in zip(b, a, strict=True))
+
+
+def test_a_stop_request_ends_the_evaluation_early(two_models):
+    """`irevla sim`'s Ctrl-C during an evaluation: the remaining layouts are not played."""
+    played = []
+
+    def stop_after_first_chunk() -> bool:
+        played.append(1)
+        return True
+
+    with pytest.raises(EvaluationInterrupted, match="after 1 of 3"):
+        evaluate_candidates([Candidate("a", two_models[0])], ["button"], [10_000, 10_001, 10_002], workers=1,
+                            image_size=64, chunk=1, should_stop=stop_after_first_chunk)
+    assert played == [1]
 
 
 def _irevla(*args: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     # through its trigger service when the online phase ends (finish_with_stage2, the default)
     cmd = [IREVLA, "sim", "--run-dir", str(run_dir), "--minutes", "3", "--demos-per-task", "3", "--sft0-steps", "20",
            "--pretrain-steps", "20", "--pretrain-layouts", "4",
-           "--eval-episodes", "1", "--max-episode-steps", "40", "--expert-interventions",
+           "--eval-episodes", "2", "--eval-workers", "2", "--max-episode-steps", "40", "--expert-interventions",
            "--sft-every-n-successes", "0", "--sft2-steps", "20",
            # 20 LoRA steps need not beat the running model on held-out error: let the result through the gate
            "--sft-max-val-mse-ratio", "100"]
@@ -67,11 +67,17 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
     # the policy node logs the swap when it applies the verified full weights between ticks
     assert f"policy now v{announced['version']} (full weights)" in (run_dir / "graph.log").read_text()
     # the loop ended the iteration with that stage 2 and evaluated its model with its own head (not the RL head)
-    assert status["evaluated"] == {"final_stage2": announced["version"], "model": announced["path"], "head": "own"}
-    # both evaluations ran and the summary was printed
+    assert status["evaluated"] == {"final_stage2": announced["version"], "model": announced["path"], "head": "own",
+                                   "policy_folder": announced["path"]}
+    # both evaluations ran (in two worker processes) on the same held-out layouts, and the summary compared them
+    # layout by layout
     for name in ("eval_sft0.json", "eval_final.json"):
-        assert set(json.loads((run_dir / name).read_text())) == {*LoopConfig.expert_tasks, *LoopConfig.new_tasks}
-    assert "irevla sim summary" in result.stdout
+        evaluation = json.loads((run_dir / name).read_text())
+        assert set(evaluation) == {*LoopConfig.expert_tasks, *LoopConfig.new_tasks}
+        for record in evaluation.values():
+            assert record["episodes"] == 2 and record["seed_first"] == 10_000 and len(record["outcomes"]) == 2
+            assert record["successes"] == record["outcomes"].count("1")
+    assert "irevla sim summary" in result.stdout and "layouts better" in result.stdout
 
 
 def test_stage0_cache_refuses_a_run_folder_pretrained_on_other_scenes(tmp_path):
@@ -139,3 +145,61 @@ def test_the_online_phase_ends_only_once_the_policy_runs_the_announced_weights(t
     assert not SimLoop(LoopConfig(run_dir=str(tmp_path)))._iterations_done(status)  # 0 = run for `minutes`
     with pytest.raises(ValueError, match="finish_timeout_min"):
         LoopConfig(run_dir=str(tmp_path), finish_timeout_min=0)
+
+
+def test_sft0_evaluation_is_reused_only_with_per_layout_outcomes_on_the_same_layouts(tmp_path):
+    """The summary compares before and after layout by layout, so a cached SFT-0 evaluation counts only if it holds
+    outcomes for the same number of layouts (older runs wrote bare rates)."""
+    from irevla_ros.loop import LoopConfig, SimLoop
+    from irevla_ros.sim.eval_cli import outcome_record
+
+    loop = SimLoop(LoopConfig(run_dir=str(tmp_path), eval_episodes=2))
+    assert loop.cached_sft0_evaluation() is None  # nothing cached
+    (tmp_path / "eval_sft0.json").write_text(json.dumps({"button": 0.5, "button_novel": 0.0}))
+    assert loop.cached_sft0_evaluation() is None
+    records = {t: outcome_record([True, False], 10_000) for t in ("button", "button_novel")}
+    (tmp_path / "eval_sft0.json").write_text(json.dumps(records))
+    assert loop.cached_sft0_evaluation() == records
+    assert SimLoop(LoopConfig(run_dir=str(tmp_path), eval_episodes=3)).cached_sft0_evaluation() is None
+    with pytest.raises(ValueError, match="eval_workers must be >= 1"):
+        LoopConfig(run_dir=str(tmp_path), eval_workers=0)
+
+
+def test_the_running_policy_is_saved_as_one_folder_for_evaluation(tmp_path, ros):
+    """--no-finish-with-stage2: the loop judges SFT-0 with the learner's newest head (as /rl/head_weights carried
+    it), saved as models/final_running so the evaluation workers and `irevla eval` can load it."""
+    import array
+
+    import torch
+    from conftest import wait_for
+    from std_msgs.msg import UInt8MultiArray
+
+    from irevla_ros import interfaces as itf
+    from irevla_ros.core.model.vla import VLAModel, verify_folder
+    from irevla_ros.core.model.weights import encode_head_weights
+    from irevla_ros.loop import GraphMonitor, LiveStatus, LoopConfig, SimLoop
+    from irevla_ros.nodes._common import LATCHED_QOS
+
+    loop = SimLoop(LoopConfig(run_dir=str(tmp_path), finish_with_stage2=False))
+    sft0 = VLAModel.from_preset("tiny", num_cameras=2, head={"proprio_dim": 8}, seed=0)
+    sft0.save_pretrained(loop.sft0_dir, version="sft0")
+    learned = {k: v + 0.5 for k, v in sft0.head.state_dict().items()}  # a head the learner moved
+    payload = encode_head_weights(learned, 7, sft0.config.head, base_version="sft0")
+
+    monitor = GraphMonitor(LiveStatus())
+    try:
+        publisher = ros.node.create_publisher(UInt8MultiArray, itf.HEAD_WEIGHTS.name, LATCHED_QOS)
+        msg = UInt8MultiArray()
+        msg.data = array.array("B", payload)
+        publisher.publish(msg)
+        wait_for(lambda: monitor.latest_head is not None, 20.0, what="the monitor got the head")
+        folder = loop.final_policy(monitor)
+    finally:
+        monitor.close()
+    assert folder == tmp_path / "models" / "final_running"
+    verify_folder(folder)
+    saved = VLAModel.from_pretrained(folder).head.state_dict()
+    for name, tensor in learned.items():
+        torch.testing.assert_close(saved[name], tensor)
+    assert monitor.status.evaluated == {"model": str(loop.sft0_dir), "head": "learner v7",
+                                        "policy_folder": str(folder)}

@@ -15,7 +15,7 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,10 @@ from irevla_ros.sim.evaluate import EVAL_SEED_BASE
 class Candidate:
     label: str
     path: Path
+
+
+class EvaluationInterrupted(RuntimeError):
+    """The caller asked to stop (Ctrl-C in `irevla sim`) before every layout was played."""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -76,7 +80,10 @@ def resolve_candidates(paths: Sequence[str]) -> list[Candidate]:
             sft0_seen.add(sft0_digest)
             out.append(Candidate(label=f"{path.name}:sft0", path=sft0))
         final = evaluated.get("model")
-        if final and evaluated.get("head") == "own" and Path(final) != sft0:
+        policy_folder = evaluated.get("policy_folder")  # the evaluated policy as one folder (written since round 10)
+        if policy_folder and Path(policy_folder) != sft0 and (Path(policy_folder) / MANIFEST).is_file():
+            out.append(Candidate(label=f"{path.name}:final", path=Path(policy_folder)))
+        elif final and evaluated.get("head") == "own" and Path(final) != sft0:
             out.append(Candidate(label=f"{path.name}:final", path=Path(final)))
         elif final:
             print(f"irevla eval: {path.name}: its final policy used the learner's head ({evaluated.get('head')}), "
@@ -104,9 +111,14 @@ _MODELS: dict[str, object] = {}
 
 
 def _init_worker() -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C is the parent's to handle: a worker killed by it mid-task would leave the pool waiting for a result
+    # that never comes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_chunk(job: tuple[str, str, list[int], int]) -> tuple[str, str, list[int], list[bool]]:
@@ -121,17 +133,22 @@ def _run_chunk(job: tuple[str, str, list[int], int]) -> tuple[str, str, list[int
 
 
 def evaluate_candidates(candidates: Sequence[Candidate], tasks: Sequence[str], seeds: Sequence[int], *,
-                        workers: int = 1, image_size: int = 128, chunk: int = 10) -> dict[tuple[str, str], list[bool]]:
+                        workers: int = 1, image_size: int = 128, chunk: int = 10,
+                        should_stop: Callable[[], bool] | None = None) -> dict[tuple[str, str], list[bool]]:
     """Per-layout outcomes of every candidate on every task; chunks of layouts go to `workers` processes (spawned,
-    so neither torch's threads nor a rendering context are forked)."""
+    so neither torch's threads nor a rendering context are forked; workers=1 plays them in this process). Polls
+    `should_stop` after every chunk: when it says so the workers stop and EvaluationInterrupted is raised."""
     from tqdm import tqdm
 
     jobs = [(str(c.path), task, list(seeds[i:i + chunk]), image_size)
             for c in candidates for task in tasks for i in range(0, len(seeds), chunk)]
     found: dict[tuple[str, str, int], bool] = {}
-    with tqdm(total=len(candidates) * len(tasks) * len(seeds), desc="eval", unit="ep") as bar:
+    total = len(candidates) * len(tasks) * len(seeds)
+    with tqdm(total=total, desc="eval", unit="ep") as bar:
         if workers <= 1:
-            _init_worker()
+            import torch
+
+            torch.set_num_threads(1)
             results = map(_run_chunk, jobs)
             pool = None
         else:
@@ -143,10 +160,32 @@ def evaluate_candidates(candidates: Sequence[Candidate], tasks: Sequence[str], s
             for path, task, chunk_seeds, outcomes in results:
                 found.update({(path, task, s): ok for s, ok in zip(chunk_seeds, outcomes, strict=True)})
                 bar.update(len(chunk_seeds))
+                if should_stop is not None and should_stop() and len(found) < total:
+                    raise EvaluationInterrupted(f"stopped after {len(found)} of {total} episodes")
         finally:
             if pool is not None:
                 pool.terminate()
+            _MODELS.clear()  # in-process runs: a folder rewritten later must be read again
     return {(str(c.path), task): [found[(str(c.path), task, s)] for s in seeds] for c in candidates for task in tasks}
+
+
+def outcome_record(outcomes: Sequence[bool], seed_first: int) -> dict:
+    """One task's result as `irevla sim` stores it (eval_sft0.json, eval_final.json): the rate, its 95 % interval
+    and the per-layout outcomes, so two evaluations on the same layouts can be compared layout by layout."""
+    n, k = len(outcomes), sum(bool(o) for o in outcomes)
+    lo, hi = wilson_interval(k, n)
+    return {"rate": k / n if n else 0.0, "successes": k, "episodes": n, "seed_first": int(seed_first),
+            "ci95": [lo, hi], "outcomes": "".join("1" if o else "0" for o in outcomes)}
+
+
+def paired_counts(outcomes: str, reference: str) -> tuple[int, int, float]:
+    """Layouts where `outcomes` succeeds and `reference` fails, the reverse, and the sign test's p (strings of
+    0/1 as `outcome_record` writes them, same layouts in the same order)."""
+    if len(outcomes) != len(reference):
+        raise ValueError(f"paired comparison needs the same layouts ({len(outcomes)} != {len(reference)})")
+    wins = sum(1 for a, b in zip(outcomes, reference, strict=True) if a == "1" and b == "0")
+    losses = sum(1 for a, b in zip(outcomes, reference, strict=True) if a == "0" and b == "1")
+    return wins, losses, sign_test_p(wins, losses)
 
 
 def summarize(candidates: Sequence[Candidate], tasks: Sequence[str], seeds: Sequence[int],
@@ -154,18 +193,15 @@ def summarize(candidates: Sequence[Candidate], tasks: Sequence[str], seeds: Sequ
     """Rates with 95 % intervals, and each candidate against the first one on the same layouts."""
     rows, paired = [], []
     for task in tasks:
-        base = outcomes[(str(candidates[0].path), task)]
+        base = outcome_record(outcomes[(str(candidates[0].path), task)], seeds[0])
         for cand in candidates:
-            got = outcomes[(str(cand.path), task)]
-            lo, hi = wilson_interval(sum(got), len(got))
-            rows.append({"model": cand.label, "path": str(cand.path), "task": task, "episodes": len(got),
-                         "successes": sum(got), "rate": sum(got) / len(got), "ci95": [lo, hi],
-                         "outcomes": "".join("1" if ok else "0" for ok in got)})
+            record = outcome_record(outcomes[(str(cand.path), task)], seeds[0])
+            rows.append({"model": cand.label, "path": str(cand.path), "task": task,
+                         **{k: record[k] for k in ("episodes", "successes", "rate", "ci95", "outcomes")}})
             if cand is not candidates[0]:
-                wins = sum(1 for a, b in zip(got, base, strict=True) if a and not b)
-                losses = sum(1 for a, b in zip(got, base, strict=True) if b and not a)
+                wins, losses, p = paired_counts(record["outcomes"], base["outcomes"])
                 paired.append({"model": cand.label, "against": candidates[0].label, "task": task,
-                               "better_on": wins, "worse_on": losses, "sign_test_p": sign_test_p(wins, losses)})
+                               "better_on": wins, "worse_on": losses, "sign_test_p": p})
     return {"seed_first": int(seeds[0]), "episodes": len(seeds), "rows": rows, "paired": paired}
 
 
