@@ -358,7 +358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes,
                         help="held-out layouts per task, evaluated before and after (the same ones)")
     parser.add_argument("--eval-workers", type=int, default=defaults.eval_workers,
-                        help="processes for the evaluations, one torch thread each (default: CPU cores, at most 4)")
+                        help="evaluation processes, one torch thread each; the default is one per CPU core, up to 4")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--algorithm", choices=("sac", "ppo"), default=defaults.algorithm, help="stage-1 learner")
     parser.add_argument("--sft-every-n-successes", type=int, default=defaults.sft_every_n_successes,
