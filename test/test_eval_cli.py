@@ -21,6 +21,7 @@ from irevla_ros.sim.eval_cli import (
     evaluate_candidates,
     outcome_record,
     paired_counts,
+    resolve_candidates,
     sign_test_p,
     summarize,
     wilson_interval,
@@ -137,3 +138,22 @@ def test_cli_writes_json_and_refuses_tampered_folders(two_models, tmp_path):
 
     done = _irevla(str(tmp_path), "--episodes", "1")
     assert done.returncode != 0 and "neither a model folder" in done.stderr
+
+
+def test_a_run_folder_expands_to_its_sft0_and_the_policy_the_loop_judged(two_models, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_models[0], run / "models" / "sft0")
+    shutil.copytree(two_models[1], run / "models" / "final_running")
+    stage2 = run / "sft" / "results" / "s2-1" / "model"
+    # the loop judged the running policy (learner head on SFT-0), saved as models/final_running
+    status = {"evaluated": {"model": str(run / "models" / "sft0"), "head": "learner v3",
+                            "policy_folder": str(run / "models" / "final_running")}}
+    (run / "loop_status.json").write_text(json.dumps(status))
+    assert [(c.label, c.path) for c in resolve_candidates([str(run)])] == [
+        ("run:sft0", run / "models" / "sft0"), ("run:final", run / "models" / "final_running")]
+    # a run written before policy_folder existed: the stage-2 model with its own head
+    shutil.copytree(two_models[1], stage2)
+    (run / "loop_status.json").write_text(json.dumps({"evaluated": {"model": str(stage2), "head": "own"}}))
+    assert [c.path for c in resolve_candidates([str(run)])] == [run / "models" / "sft0", stage2]
