@@ -33,9 +33,9 @@ from rich.table import Table
 from irevla_ros.core.sft.jobs import LR_SCHEDULES, SFT_MODES
 
 CAMERAS = ("wrist", "front")
-RUN_DISK_GB = 1.5
-"""About what one default run writes (round 9: ~0.9 GB of replay buffer in rl/, ~0.25 GB of stage-2 bundles in
-spool/, models and episodes); below it the loop warns before it starts."""
+RUN_DISK_GB = 2.0
+"""About what one default run writes (round 10, 15 min: 0.8 GB of replay buffer in rl/, 0.4 GB of stage-2 bundles
+in spool/, 0.4 GB of stage-2 results in sft/, 0.15 GB of episodes and models); below it the loop warns first."""
 
 
 @dataclass
