@@ -29,7 +29,8 @@ def test_short_loop_runs_every_stage(tmp_path, ros_env):
            "--sft-every-n-successes", "0", "--sft2-steps", "20",
            # 20 LoRA steps need not beat the running model on held-out error: let the result through the gate
            "--sft-max-val-mse-ratio", "100"]
-    result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=850)
+    # wide enough that rich does not wrap the summary's column titles
+    result = subprocess.run(cmd, env={**ros_env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=850)
     log = (run_dir / "graph.log").read_text() if (run_dir / "graph.log").exists() else ""
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n--- graph ---\n{log[-6000:]}"
 
