@@ -153,6 +153,11 @@ def test_a_run_folder_expands_to_its_sft0_and_the_policy_the_loop_judged(two_mod
     (run / "loop_status.json").write_text(json.dumps(status))
     assert [(c.label, c.path) for c in resolve_candidates([str(run)])] == [
         ("run:sft0", run / "models" / "sft0"), ("run:final", run / "models" / "final_running")]
+    # the loop judged SFT-0 itself (no stage 2 ran, no learner head): evaluated once
+    status["evaluated"] = {"model": str(run / "models" / "sft0"), "head": "own",
+                           "policy_folder": str(run / "models" / "sft0")}
+    (run / "loop_status.json").write_text(json.dumps(status))
+    assert [c.path for c in resolve_candidates([str(run)])] == [run / "models" / "sft0"]
     # a run written before policy_folder existed: the stage-2 model with its own head
     shutil.copytree(two_models[1], stage2)
     (run / "loop_status.json").write_text(json.dumps({"evaluated": {"model": str(stage2), "head": "own"}}))

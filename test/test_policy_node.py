@@ -214,6 +214,12 @@ def test_policy_node_drives_the_sim_arm_for_a_full_episode(procs, ros):
 
     config = REPO / "config"
     steps = 10
+    # listen before the nodes exist: transitions and episode events are volatile, and a subscription that matched
+    # after the first episode started missed its start event on CI (3 events instead of 4)
+    raw = ros.collect(UInt8MultiArray, itf.TRANSITION.name, DATA_QOS)
+    events = ros.collect(String, itf.EPISODE_EVENT.name, DATA_QOS)
+    instructions = ros.collect(String, itf.INSTRUCTION.name, LATCHED_QOS)
+    poses = ros.collect(PoseStamped, itf.EE_POSE.name, 10)
     sim = procs.start(["sim_world", "--ros-args", "-r", "__node:=sim_world",
                        "--params-file", str(config / "sim_world.yaml"), "--params-file", str(config / "sim.yaml"),
                        "--params-file", str(config / "sim_fast.yaml"), "-p", "mode:=fast",
@@ -223,10 +229,6 @@ def test_policy_node_drives_the_sim_arm_for_a_full_episode(procs, ros):
                           "-p", "reliable_images:=true", "-p", "cameras:=[wrist,front]", "-p", f"max_steps:={steps}",
                           "-p", "num_episodes:=2", "-p", "mode:=rl", "-p", "sim_reset_wait_s:=5.0"],
                          name="policy_node")
-    raw = ros.collect(UInt8MultiArray, itf.TRANSITION.name, DATA_QOS)
-    events = ros.collect(String, itf.EPISODE_EVENT.name, DATA_QOS)
-    instructions = ros.collect(String, itf.INSTRUCTION.name, LATCHED_QOS)
-    poses = ros.collect(PoseStamped, itf.EE_POSE.name, 10)
     try:
         wait_for(lambda: sum(json.loads(e.data)["event"] == "end" for e in events) >= 2, 120, interval=0.1,
                  what="two full episodes in the sim")

@@ -81,7 +81,9 @@ def resolve_candidates(paths: Sequence[str]) -> list[Candidate]:
             out.append(Candidate(label=f"{path.name}:sft0", path=sft0))
         final = evaluated.get("model")
         policy_folder = evaluated.get("policy_folder")  # the evaluated policy as one folder (written since round 10)
-        if policy_folder and Path(policy_folder) != sft0 and (Path(policy_folder) / MANIFEST).is_file():
+        if policy_folder and Path(policy_folder) == sft0:
+            print(f"irevla eval: {path.name}: the loop's final policy was its SFT-0 (no stage-2 result, no head)")
+        elif policy_folder and (Path(policy_folder) / MANIFEST).is_file():
             out.append(Candidate(label=f"{path.name}:final", path=Path(policy_folder)))
         elif final and evaluated.get("head") == "own" and Path(final) != sft0:
             out.append(Candidate(label=f"{path.name}:final", path=Path(final)))
