@@ -14,6 +14,7 @@ from its checkpoint and the iteration state machine from disk.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -33,6 +34,11 @@ from rich.table import Table
 from irevla_ros.core.sft.jobs import LR_SCHEDULES, SFT_MODES
 
 CAMERAS = ("wrist", "front")
+INTERVENTIONS = ("off", "corrective", "always")
+SIM_TELEOP_TIMEOUT_S = 0.15
+"""cmd_mux's teleop priority with a simulated supervisor (sim time): just over one control period, so the policy
+drives again on the period after the supervisor lets go (the real-robot default, 0.5 s, would drop 5 policy
+commands and hold the arm still at every hand-back)."""
 RUN_DISK_GB = 2.0
 """About what one default run writes (round 10, 15 min: 0.8 GB of replay buffer in rl/, 0.4 GB of stage-2 bundles
 in spool/, 0.4 GB of stage-2 results in sft/, 0.15 GB of episodes and models); below it the loop warns first."""
@@ -118,9 +124,12 @@ class LoopConfig:
     actor off the demos while the critic was untrained)."""
     bc_coef: float = 1.0
     """Stage 1: behaviour-cloning anchor on the demo rows of each SAC batch."""
-    expert_interventions: bool = False
-    """The scripted expert takes over through /teleop/action like a human teleoperator (interventions), so
-    online episodes succeed: a quick way to see stage 2 and the reload happen (used by the loop test)."""
+    interventions: str = "off"
+    """A simulated person on the teleop path (/teleop/action -> cmd_mux, steps flagged as interventions): "off";
+    "corrective" (the scripted expert takes over for a few periods when the arm heads astray, as a person with a
+    SpaceMouse would: HIL-SERL-style human-in-the-loop RL; irevla_ros/sim/supervisor.py); "always" (the expert
+    drives every step, so every online episode succeeds: a quick way to see stage 2 and the reload, used by the
+    loop test)."""
     torch_threads: int = 1
     """Torch CPU threads of this process (stage-0 SFT, evaluation). 1 is the robust choice on a small shared CPU:
     with 2 threads and any other load, stage-0 SFT steps took 5 s instead of 0.3 s (thread oversubscription)."""
@@ -137,6 +146,8 @@ class LoopConfig:
         self.pretrain_tasks()  # ValueError for an unknown pretrain_scenes
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
+        if self.interventions not in INTERVENTIONS:
+            raise ValueError(f"interventions must be one of {INTERVENTIONS}, got {self.interventions!r}")
         if self.sft2_mode not in SFT_MODES:
             raise ValueError(f"sft2_mode must be one of {SFT_MODES}, got {self.sft2_mode!r}")
         if self.sft2_max_online_episodes < 0:
@@ -180,8 +191,9 @@ class LiveStatus:
     episodes: int = 0
     started: float = field(default_factory=time.monotonic)
     recent: dict[str, deque] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=20)))
-    totals: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    """Per task id: [online episodes, successes] since the monitor started."""
+    totals: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    """Per task id: [online episodes, successes, episodes a person took over in] since the monitor started."""
+    recent_assisted: deque = field(default_factory=lambda: deque(maxlen=40))
     last_event: str = ""
     updates_per_s: float = 0.0
     rl_updates: int = 0
@@ -197,33 +209,44 @@ class LiveStatus:
         return {"stage": self.stage, "iteration": self.iteration, "policy_version": self.policy_version,
                 "episodes": self.episodes,
                 "successes_last_20": {t: int(sum(v)) for t, v in self.recent.items()},
-                "per_task": {t: {"episodes": n, "successes": k} for t, (n, k) in self.totals.items()},
+                "per_task": {t: {"episodes": n, "successes": k, "assisted": a} for t, (n, k, a) in self.totals.items()},
                 "rl_updates": self.rl_updates, "head_versions": self.head_versions,
                 "full_reloads": self.full_reloads, "versions_seen": self.versions_seen, "evaluated": self.evaluated}
 
-    def record_episode(self, task: str, success: bool) -> None:
+    def record_episode(self, task: str, success: bool, assisted: bool = False) -> None:
         self.episodes += 1
         self.recent[task].append(success)
+        self.recent_assisted.append(assisted)
         self.totals[task][0] += 1
         self.totals[task][1] += int(success)
+        self.totals[task][2] += int(assisted)
+
+    @property
+    def assisted_episodes(self) -> int:
+        return sum(a for _, _, a in self.totals.values())
 
     def success_rate(self, tasks) -> float | None:
         results = [s for t in tasks for s in self.recent.get(t, ())]
         return sum(results) / len(results) if results else None
 
 
-def status_table(status: LiveStatus, expert_tasks, new_tasks) -> Table:
+def status_table(status: LiveStatus, expert_tasks, new_tasks, *, interventions: bool = False) -> Table:
     def pct(x):
         return "-" if x is None else f"{100 * x:.0f}%"
 
     table = Table(title="irevla sim: iRe-VLA online loop (success over the last 20 episodes per task)",
                   expand=False)
-    for col in ("time", "stage", "iter", "episodes", "policy", "expert ok", "new ok", "upd/s"):
+    columns = ["time", "stage", "iter", "episodes", "policy", "expert ok", "new ok", "upd/s"]
+    row = [f"{(time.monotonic() - status.started) / 60:.1f} min", status.stage, str(status.iteration),
+           str(status.episodes), status.policy_version, pct(status.success_rate(expert_tasks)),
+           pct(status.success_rate(new_tasks)), f"{status.updates_per_s:.1f}"]
+    if interventions:  # successes above include the assisted ones: say how many needed the person
+        columns.append("taken over")
+        recent = status.recent_assisted
+        row.append(pct(sum(recent) / len(recent) if recent else None))
+    for col in columns:
         table.add_column(col)
-    elapsed = time.monotonic() - status.started
-    table.add_row(f"{elapsed / 60:.1f} min", status.stage, str(status.iteration), str(status.episodes),
-                  status.policy_version, pct(status.success_rate(expert_tasks)), pct(status.success_rate(new_tasks)),
-                  f"{status.updates_per_s:.1f}")
+    table.add_row(*row)
     if status.last_event:
         table.caption = status.last_event
     return table
@@ -278,7 +301,7 @@ class GraphMonitor:
             return
         if event.get("event") == "end":
             task = str(event.get("task") or event.get("instruction") or "?")
-            self.status.record_episode(task, bool(event.get("success")))
+            self.status.record_episode(task, bool(event.get("success")), int(event.get("intervention_steps") or 0) > 0)
 
     def _rl(self, msg) -> None:
         try:
@@ -391,8 +414,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
                         help="stage 1: critic-only updates before the actor moves")
     parser.add_argument("--max-episode-steps", type=int, default=defaults.max_episode_steps)
-    parser.add_argument("--expert-interventions", action="store_true",
-                        help="the scripted expert intervenes like a teleoperator (shows stage 2 quickly)")
+    parser.add_argument("--interventions", default=defaults.interventions, choices=INTERVENTIONS,
+                        help="a simulated person on the teleop path: corrective = the scripted expert takes over "
+                        "for a moment when the arm heads astray (human-in-the-loop RL); always = the expert drives "
+                        "every step (shows stage 2 quickly)")
+    parser.add_argument("--expert-interventions", dest="interventions", action="store_const", const="always",
+                        help="the same as --interventions always")
     parser.add_argument("--expert-tasks", nargs="+", default=list(defaults.expert_tasks),
                         help="tasks with scripted demos (stage-0 SFT, and evaluated as 'expert')")
     parser.add_argument("--new-tasks", nargs="+", default=list(defaults.new_tasks),
@@ -423,7 +450,7 @@ def run(ns: argparse.Namespace) -> int:
                             stop_after_iterations=ns.stop_after_iterations,
                             finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
-                            expert_interventions=ns.expert_interventions,
+                            interventions=ns.interventions,
                             expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks),
                             preset=ns.preset, pretrain_steps=ns.pretrain_steps,
                             pretrain_layouts=ns.pretrain_layouts, pretrain_scenes=ns.pretrain_scenes)
@@ -611,7 +638,9 @@ class SimLoop:
                                               "seed": self.config.seed + 1000,
                                               "image_width": self.config.image_size,
                                               "image_height": self.config.image_size,
-                                              "expert_driver": self.config.expert_interventions}},
+                                              "expert_driver": self.config.interventions != "off",
+                                              "expert_mode": ("corrective" if self.config.interventions ==
+                                                              "corrective" else "always")}},
             "packager_node": {"ros__parameters": {"stage0": False, "model_dir": str(self.sft0_dir),
                                                   "expert_dataset_dirs": str(self.demos_dir),
                                                   "sft_every_n_successes": self.config.sft_every_n_successes,
@@ -628,6 +657,8 @@ class SimLoop:
                                             "bc_coef": self.config.bc_coef}},
             "policy_node": {"ros__parameters": {"max_steps": self.config.max_episode_steps}},
         }
+        if self.config.interventions == "corrective":
+            params["cmd_mux"] = {"ros__parameters": {"teleop_timeout_s": SIM_TELEOP_TIMEOUT_S}}
         path = self.root / "graph_params.yaml"
         path.write_text(yaml.safe_dump(params))
         return path
@@ -656,15 +687,16 @@ class SimLoop:
             waiter.start()
             deadline = time.monotonic() + 60.0 * self.config.minutes
             expert, new = self.config.expert_tasks, self.config.new_tasks
-            with Live(status_table(status, expert, new), console=self.console, refresh_per_second=2) as live:
+            table = functools.partial(status_table, interventions=self.config.interventions != "off")
+            with Live(table(status, expert, new), console=self.console, refresh_per_second=2) as live:
                 while not self._stop.is_set() and waiter.is_alive() and time.monotonic() < deadline \
                         and not self._iterations_done(status):
-                    live.update(status_table(status, expert, new))
+                    live.update(table(status, expert, new))
                     self._stop.wait(0.5)
                 if self.config.finish_with_stage2 and not self._stop.is_set() and waiter.is_alive():
-                    self.finish_with_stage2(monitor, status, waiter, lambda: live.update(status_table(status, expert,
-                                                                                                          new)))
-                live.update(status_table(status, expert, new))
+                    self.finish_with_stage2(monitor, status, waiter,
+                                            lambda: live.update(table(status, expert, new)))
+                live.update(table(status, expert, new))
             runner.request_stop()
             waiter.join(60.0)
             code = result.get("code", 1)
@@ -814,7 +846,10 @@ class SimLoop:
             what += f" (final stage 2: {evaluated['final_stage2']})"
         table.caption = (f"{self.config.eval_episodes} held-out layouts per task, the same before and after (95 % "
                          "intervals in brackets; p: sign test on the layouts where the two differ). "
-                         f"{status.episodes} online episodes, stage {status.stage}, iteration {status.iteration}, "
+                         f"{status.episodes} online episodes"
+                         + (f" ({status.assisted_episodes} taken over by the simulated person; evaluation: the policy "
+                            "alone)" if self.config.interventions != "off" else "")
+                         + f", stage {status.stage}, iteration {status.iteration}, "
                          f"policy {status.policy_version}; {what}; tensorboard --logdir {self.root}")
         self.console.print(table)
 

@@ -126,9 +126,33 @@ def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
     assert params["rl_node"]["ros__parameters"]["actor_warmup_updates"] == 800
     for bad in ({"sft2_lr": 0.0}, {"sft2_lr": float("nan")}, {"bc_coef": -1.0}, {"actor_warmup_updates": -5},
                 {"sft2_lr_schedule": "linear"}, {"sft2_max_online_episodes": -1},
-                {"sft2_mode": "qlora"}, {"sft2_expert_fraction": 1.5}, {"sft2_expert_fraction": float("nan")}):
+                {"sft2_mode": "qlora"}, {"sft2_expert_fraction": 1.5}, {"sft2_expert_fraction": float("nan")},
+                {"interventions": "sometimes"}):
         with pytest.raises(ValueError):
             LoopConfig(run_dir=str(tmp_path), **bad)
+
+
+def test_interventions_reach_sim_world_and_the_mux(tmp_path):
+    """--interventions corrective: sim_world's expert becomes the corrective supervisor and cmd_mux hands control
+    back one period after it lets go; off (the default) starts no expert; --expert-interventions = always."""
+    import argparse
+
+    import yaml
+
+    from irevla_ros.loop import SIM_TELEOP_TIMEOUT_S, LoopConfig, SimLoop, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for argv, driver, mode in ((["--interventions", "corrective"], True, "corrective"), ([], False, "always"),
+                               (["--expert-interventions"], True, "always")):
+        ns = parser.parse_args(["--run-dir", str(tmp_path), *argv])
+        params = yaml.safe_load(SimLoop(LoopConfig(run_dir=ns.run_dir, interventions=ns.interventions))
+                                .graph_parameters().read_text())
+        world = params["sim_world"]["ros__parameters"]
+        assert (world["expert_driver"], world["expert_mode"]) == (driver, mode), argv
+        mux = params.get("cmd_mux", {}).get("ros__parameters", {})
+        assert mux.get("teleop_timeout_s") == (SIM_TELEOP_TIMEOUT_S if mode == "corrective" and driver else None)
+    assert 0.1 < SIM_TELEOP_TIMEOUT_S < 0.2  # just over one 10 Hz period
 
 
 def test_the_online_phase_ends_only_once_the_policy_runs_the_announced_weights(tmp_path):

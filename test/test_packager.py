@@ -302,3 +302,37 @@ def test_stage2_job_carries_the_rl_head_and_the_worker_starts_from_it(tmp_path):
     for k, v in tuned.head_state_dict().items():  # one step at lr 1e-9: still the RL head, not the stage-0 one
         assert torch.allclose(v, rl[k], atol=1e-6), k
     assert result["version"] == "2"
+
+
+def test_assisted_episodes_reach_stage2_with_only_what_to_imitate(tmp_path):
+    """A person took over in two online episodes (one then succeeded, one still failed) and not in a third failed
+    one: the packager notes the takeover steps in the manifest, stage 2 selects both assisted episodes but not the
+    unassisted failure, and trains on all of the success except the two steps before the takeover, and on only the
+    person's steps of the failure (HG-DAgger); with assisted_failures off the failure stays out."""
+    from irevla_ros.core.sft.jobs import build_job_dir, select_episodes
+    from irevla_ros.core.sft.train import SKIP_BEFORE_INTERVENTION, StepDataset, load_job_episodes
+
+    cfg = PackagerConfig(run_dir=str(tmp_path / "run"), key_file=str(_key_file(tmp_path)), stage0=False,
+                         val_fraction=0.0)
+    packager = Packager(cfg)
+    taken_over = {"ok": range(4, 7), "failed": range(2, 5), "alone": range(0)}
+    for i, (name, steps) in enumerate(taken_over.items()):
+        for t in _transitions(name, 8, success=name == "ok", seed=i):
+            t.intervention = t.step in steps
+            packager.on_transition(t)
+    store = packager.writer.store
+    infos = {i.episode_id: i for i in store.episodes(source="online")}
+    assert {k: i.extra.get("intervention_steps", 0) for k, i in infos.items()} == {"ok": 3, "failed": 3, "alone": 0}
+    sel = select_episodes([store], cfg.job_config(), stage=2)
+    assert sorted(i.episode_id for _, i in sel.online) == ["failed", "ok"]
+    body = build_job_dir(sel, tmp_path / "job", cfg.job_config(), job_id="j", stage=2, iteration=1, version="2",
+                         base_model=None)
+    episodes = load_job_episodes(tmp_path / "job", body["train"])
+    data = StepDataset(episodes, ["front"])
+    kept = {}
+    for e, s in data.items:
+        kept.setdefault(episodes[e].info.episode_id, []).append(s)
+    assert kept["ok"] == [s for s in range(8) if not 4 - SKIP_BEFORE_INTERVENTION <= s < 4]
+    assert kept["failed"] == [2, 3, 4]
+    off = PackagerConfig(run_dir=str(tmp_path / "run"), assisted_failures=False).job_config()
+    assert [i.episode_id for _, i in select_episodes([store], off, stage=2).online] == ["ok"]

@@ -100,6 +100,52 @@ def test_fast_mode_lockstep_expert_success_reset(ros, procs):
         assert proc.poll() is None, procs.log_of(proc)[-3000:]
 
 
+@pytest.mark.timeout(180)
+def test_fast_mode_corrective_supervisor_takes_over_through_the_mux(ros, procs):
+    """A 'policy' (this test) that keeps moving the arm straight up, away from the button: sim_world's simulated
+    supervisor takes over on /teleop/action, cmd_mux gives it priority and flags the commands as interventions, the
+    sim advances once per policy command, and the expert's takeovers press the button; its budget caps them."""
+    from std_msgs.msg import Float64MultiArray
+
+    from irevla_ros.nodes._common import COMMAND_QOS
+
+    world = procs.start(_sim_world_cmd("fast", "-p", "tasks:=['button']", "-p", "seed:=7", "-p", "expert_driver:=true",
+                                       "-p", "expert_mode:=corrective", "-p", "max_wait_s:=0.2"),
+                        name="sim_world_corrective")
+    mux = procs.start(["cmd_mux", "--ros-args", "--params-file", str(CONFIG / "sim_fast.yaml"),
+                       "-p", "teleop_timeout_s:=0.15"], name="cmd_mux")
+    images = ros.collect(Image, itf.camera_image("wrist").name, IMAGE_QOS)
+    successes = ros.collect(Bool, itf.SIM_SUCCESS.name)
+    teleop = ros.collect(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS)
+    flags = ros.collect(Bool, itf.INTERVENTION.name, COMMAND_QOS)
+    clocks = ros.collect(Clock, itf.CLOCK.name)
+    policy = ros.node.create_publisher(Float64MultiArray, itf.POLICY_ACTION.name, COMMAND_QOS)
+    try:
+        ros.wait_for_subscribers(policy, count=2, timeout=60)  # sim_world (its pace) and cmd_mux
+        wait_for(lambda: images, 60, what="first frames")
+        up = Float64MultiArray(data=[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+        seen, commands = len(images), 0
+        deadline = time.monotonic() + 90
+        while not any(m.data for m in successes) and time.monotonic() < deadline:
+            if len(images) > seen:  # one command per frame, like the policy node
+                seen = len(images)
+                policy.publish(up)
+                commands += 1
+            time.sleep(0.005)
+        assert any(m.data for m in successes), f"no success after {commands} upward commands and {len(teleop)} " \
+            "supervisor commands"
+        assert teleop, "the supervisor never took over"
+        assert any(f.data for f in flags) and any(not f.data for f in flags), "mux did not flag both sources"
+        # It drove in holds of expert_hold_ticks periods, at most expert_max_interventions of them.
+        assert 10 <= len(teleop) <= 3 * 10 + 1, len(teleop)
+        # Paced by the policy: sim time advanced about one period per command, not on the supervisor's own.
+        t = [_stamp(c) for c in clocks]
+        assert t[-1] - t[0] <= 0.1 * (commands + 3) + 1e-6
+    finally:
+        assert world.poll() is None, procs.log_of(world)[-3000:]
+        assert mux.poll() is None, procs.log_of(mux)[-3000:]
+
+
 def _pos(msg: PoseStamped) -> np.ndarray:
     p = msg.pose.position
     return np.array([p.x, p.y, p.z])

@@ -10,7 +10,8 @@ fast      sim time. The franka node (FrankaNode, same code, same parameters) is 
 
 Publishes  /cameras/<cam>/color/image_raw (rgb8) + camera_info, /sim/success (Bool), /task/instruction (latched),
            /sim/task (latched: the running episode's task id),
-           /clock (fast mode), /teleop/action (only with expert_driver: the scripted expert "teleoperates")
+           /clock (fast mode), /teleop/action (only with expert_driver: the scripted expert "teleoperates",
+           every period or, with expert_mode corrective, only when the arm goes astray: irevla_ros/sim/supervisor.py)
 Services   /sim/reset (Trigger): next task (round robin / random over `tasks`) with objects randomised from
            `seed` (incremented per reset). The arm's reset is franka_node's /franka/reset (in both modes).
 See docs/sim.md.
@@ -47,9 +48,11 @@ from irevla_ros.nodes._common import (
     spin_node,
     to_float64_array,
 )
+from irevla_ros.sim.supervisor import CorrectiveSupervisor, SupervisorConfig
 from irevla_ros.sim.tasks import TASKS, Episode, randomize
 
 MODES = ("faithful", "fast")
+EXPERT_MODES = ("always", "corrective")
 TASK_ORDERS = ("round_robin", "random")
 
 
@@ -86,6 +89,14 @@ class SimWorldConfig:
     """fast: parameter files for the composed franka node; [""] = config/{franka_node,sim,sim_fast}.yaml."""
     expert_driver: bool = False
     """Publish the scripted expert's action on /teleop/action at control_hz (demos through the teleop path)."""
+    expert_mode: str = "always"
+    """With expert_driver: "always" (the expert drives every period: demos) or "corrective" (a simulated human
+    supervisor: the expert takes over for expert_hold_ticks periods after the arm moved astray of where it would
+    go for expert_patience_ticks periods in a row; irevla_ros/sim/supervisor.py)."""
+    expert_patience_ticks: int = 2
+    expert_hold_ticks: int = 10
+    expert_max_interventions: int = 3
+    """Corrective mode: takeovers per episode at most (0 = no limit)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -116,6 +127,13 @@ class SimWorldConfig:
             raise ValueError(f"control_decimation must be in [1, 10], got {self.control_decimation}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.expert_mode not in EXPERT_MODES:
+            raise ValueError(f"expert_mode must be one of {EXPERT_MODES}, got {self.expert_mode!r}")
+        self.supervisor_config()  # ValueError for bad patience / hold / budget
+
+    def supervisor_config(self) -> SupervisorConfig:
+        return SupervisorConfig(patience_ticks=self.expert_patience_ticks, hold_ticks=self.expert_hold_ticks,
+                                max_interventions_per_episode=self.expert_max_interventions)
 
 
 def intrinsics_of(renderer, camera: str) -> Intrinsics:
@@ -148,6 +166,8 @@ class SimWorldNode(Node):
         self.task_pub = self.create_publisher(String, itf.SIM_TASK.name, LATCHED_QOS)
         self.expert_pub = self.create_publisher(Float64MultiArray, itf.TELEOP_ACTION.name, COMMAND_QOS) \
             if cfg.expert_driver else None
+        self.supervisor = CorrectiveSupervisor(cfg.supervisor_config()) \
+            if cfg.expert_driver and cfg.expert_mode == "corrective" else None
         self._service_group = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, itf.SIM_RESET.name, self.reset_callback, callback_group=self._service_group)
         self.frames_published = 0
@@ -160,8 +180,8 @@ class SimWorldNode(Node):
         self._new_episode()
         self._thread = threading.Thread(target=self._loop, name=f"sim_world_{cfg.mode}", daemon=True)
         self._thread.start()
-        if cfg.expert_driver:
-            self.create_timer(1.0 / cfg.control_hz, self.expert_callback)
+        if cfg.expert_driver and not (cfg.mode == "fast" and self.supervisor is not None):
+            self.create_timer(1.0 / cfg.control_hz, self.expert_callback)  # fast + supervisor: in the sim loop
         self.get_logger().info(
             f"sim_world ({cfg.mode}) ready: tasks {list(cfg.tasks)}, cameras {list(cfg.cameras)} "
             f"{cfg.image_width}x{cfg.image_height}" + (f", libfranka on {self.robot_host}" if cfg.mode == "faithful"
@@ -211,8 +231,12 @@ class SimWorldNode(Node):
         # Own name and parameters: the runner's `-r __node:=sim_world` must not rename the franka node.
         self.franka = FrankaNode(robot=self.robot, node_name="franka_node", use_global_arguments=False, cli_args=cli)
         self._action_event = threading.Event()
-        self.create_subscription(Float64MultiArray, itf.ACTION.name, lambda _msg: self._action_event.set(),
-                                 COMMAND_QOS)
+        # A period starts when the arm is commanded. With a corrective supervisor it starts on the policy's command
+        # instead (the supervisor's own command, sent at the frame, is already in the franka node by then, and the
+        # mux drops the policy's): the sim stays in step with the policy, one policy step per period, while the
+        # supervisor drives.
+        pace = itf.POLICY_ACTION.name if self.supervisor is not None else itf.ACTION.name
+        self.create_subscription(Float64MultiArray, pace, lambda _msg: self._action_event.set(), COMMAND_QOS)
         self.clock_pub = self.create_publisher(Clock, itf.CLOCK.name, 10)
         self.robot_host = ""
 
@@ -231,6 +255,8 @@ class SimWorldNode(Node):
         self._next_seed += 1
         with self.lock:
             self.episode = randomize(self.world, task, seed)
+            if getattr(self, "supervisor", None) is not None:
+                self.supervisor.reset()
         self.instruction_pub.publish(String(data=self.episode.instruction))
         self.task_pub.publish(String(data=self.episode.task))
         return self.episode
@@ -253,6 +279,15 @@ class SimWorldNode(Node):
             if self.episode is None:
                 return
             action = expert_action(self.world, self.episode)
+            if self.supervisor is not None:
+                before = self.supervisor.interventions_total
+                if not self.supervisor.tick(self.world.tcp_position(), action):
+                    return
+                if self.supervisor.interventions_total != before:
+                    self.get_logger().info(
+                        f"supervisor takes over (episode seed {self.episode.seed}, takeover "
+                        f"{self.supervisor.interventions} of this episode, {self.supervisor.interventions_total} "
+                        "in all)", throttle_duration_sec=5.0)
         self.expert_pub.publish(to_float64_array(action, "action"))
 
     # --- outputs --------------------------------------------------------------------------------------------
@@ -331,6 +366,8 @@ class SimWorldNode(Node):
                     clock.set_ros_time_override(now)
             self.franka.control_callback()  # watchdog tick at the period boundary
             self.franka.state_callback()  # robot state for this period
+            if self.supervisor is not None:
+                self.expert_callback()  # judged once per period, its command out before the frame
             self._publish_frame(now.nanoseconds)
             self.clock_pub.publish(Clock(clock=now.to_msg()))
 

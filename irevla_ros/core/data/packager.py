@@ -69,6 +69,8 @@ class PackagerConfig:
     """Stage 2: how the online share is split between instructions (none | sqrt | equal; JobConfig)."""
     max_expert_episodes: int = 0
     max_online_episodes: int = 200
+    assisted_failures: bool = True
+    """Stage 2 also learns the person's steps of failed online episodes they took over in (JobConfig)."""
     online_max_age_s: float = 0.0
     val_fraction: float = 0.1
     min_episodes: int = 2
@@ -125,7 +127,8 @@ class PackagerConfig:
     def job_config(self) -> JobConfig:
         return JobConfig(expert_fraction=self.expert_fraction, online_task_balance=self.online_task_balance,
                          max_expert_episodes=self.max_expert_episodes,
-                         max_online_episodes=self.max_online_episodes, online_max_age_s=self.online_max_age_s,
+                         max_online_episodes=self.max_online_episodes, assisted_failures=self.assisted_failures,
+                         online_max_age_s=self.online_max_age_s,
                          val_fraction=self.val_fraction, min_episodes=self.min_episodes)
 
     @property
@@ -230,8 +233,11 @@ class Packager:
         ev = self.event_meta.pop(eid, {})
         success = bool(ev.get("success", success)) if ev.get("event") == "end" else success
         expected = ev.get("steps")
-        extra = {"expected_steps": int(expected)} if expected is not None and int(expected) != len(rec) else None
-        info = rec.finish(success, extra=extra)
+        extra = {"expected_steps": int(expected)} if expected is not None and int(expected) != len(rec) else {}
+        assisted = sum(bool(step["intervention"]) for step in rec.steps)
+        if assisted:
+            extra["intervention_steps"] = assisted  # what stage 2 may learn from a failed episode (JobConfig)
+        info = rec.finish(success, extra=extra or None)
         self.ended[eid] = time.monotonic()
         self.stats["episodes"] += 1
         self.log.info(f"episode {eid}: {info.length} steps, success={success}, saved as #{info.episode_index}")

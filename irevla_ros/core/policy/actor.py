@@ -178,6 +178,7 @@ class PolicyActor:
         self.episode_index = 0
         self.episode_id = ""
         self.episode_steps = 0
+        self.episode_interventions = 0  # steps a person drove this episode
         self.episode_instruction = ""
         self.task_name = ""
         """The simulator's task id (from /sim/reset's reply or the latched /sim/task), echoed in episode events."""
@@ -295,8 +296,10 @@ class PolicyActor:
     def _outcome_since(self, since: float, now: float) -> tuple[float, bool, np.ndarray | None]:
         with self._lock:
             rewards = [v for t, v in self._rewards if since < t <= now]
-            intervention = any(since < t <= now for t in self._interventions)
-            teleop = self._teleop[1] if (self._teleop is not None and since < self._teleop[0] <= now) else None
+            # A person's command counts from the instant ours went out, inclusive: in simulated time (discrete, one
+            # value per control period) the supervisor's command for a period carries the same stamp as ours.
+            intervention = any(since <= t <= now for t in self._interventions)
+            teleop = self._teleop[1] if (self._teleop is not None and since <= self._teleop[0] <= now) else None
         return (max(rewards) if rewards else 0.0), intervention, teleop
 
     def _close_step(self, reward: float, *, done: bool, terminal: bool, success: bool, intervention: bool,
@@ -304,6 +307,7 @@ class PolicyActor:
         step = self._open
         self._open = None
         action, log_prob = step.action, step.log_prob
+        self.episode_interventions += int(intervention)
         if intervention and teleop is not None:
             # the human's command is what the robot executed: learn from it (its log-prob under our policy)
             action = np.clip(teleop, -1.0, 1.0).astype(np.float32)
@@ -325,6 +329,7 @@ class PolicyActor:
         self.episode_index += 1
         self.episode_id = f"{self.run_id}-{self.episode_index:05d}"
         self.episode_steps = 0
+        self.episode_interventions = 0
         self.episode_instruction = obs.instruction
         self.episode_task = self.task_name
         self.state = "running"
@@ -341,7 +346,8 @@ class PolicyActor:
         self.stats["episodes"] += 1
         self.stats["successes"] += int(success)
         out.events.append({"episode_id": self.episode_id, "event": "end", "success": bool(success),
-                           "steps": self.episode_steps, "instruction": self.episode_instruction,
+                           "steps": self.episode_steps, "intervention_steps": self.episode_interventions,
+                           "instruction": self.episode_instruction,
                            # the graph's first episode can start before the latched task id arrives; no reset
                            # (the only thing that changes it) happens inside an episode
                            "task": self.episode_task or self.task_name,

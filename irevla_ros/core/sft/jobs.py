@@ -53,6 +53,10 @@ class JobConfig:
     """0 = all of them; otherwise the newest N."""
     max_online_episodes: int = 200
     """The newest N successful online episodes (recency filter)."""
+    assisted_failures: bool = True
+    """Also select failed online episodes in which a person took over (`intervention_steps` in the manifest); stage 2
+    learns only the person's steps from them (train.py, `steps_to_train`), as HG-DAgger learns from interventions:
+    a correction is a label whatever the episode's outcome. They share the `max_online_episodes` cap."""
     online_max_age_s: float = 0.0
     """Ignore online episodes older than this (0 = no age limit)."""
     require_expert_success: bool = True
@@ -87,7 +91,8 @@ class Selection:
 
 def select_episodes(stores: Sequence[EpisodeStore], config: JobConfig, *, stage: int,
                     now: float | None = None) -> Selection:
-    """Expert demos (+ successful online episodes unless stage 0), newest first within each cap."""
+    """Expert demos (+ successful online episodes, and failed ones a person took over in, unless stage 0), newest
+    first within each cap."""
     now = time.time() if now is None else now
     expert, online = [], []
     for store in stores:
@@ -96,8 +101,9 @@ def select_episodes(stores: Sequence[EpisodeStore], config: JobConfig, *, stage:
             expert.append((store, info))
         if stage != 0:
             since = now - config.online_max_age_s if config.online_max_age_s > 0 else None
-            for info in store.episodes(source="online", success=True, since=since):
-                online.append((store, info))
+            for info in store.episodes(source="online", since=since):
+                if info.success or (config.assisted_failures and int(info.extra.get("intervention_steps", 0)) > 0):
+                    online.append((store, info))
     expert.sort(key=lambda si: si[1].created)
     online.sort(key=lambda si: si[1].created)
     if config.max_expert_episodes:

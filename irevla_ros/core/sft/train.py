@@ -81,8 +81,30 @@ class SFTConfig:
 
 
 # --- Data. -------------------------------------------------------------------------------------------------
+SKIP_BEFORE_INTERVENTION = 2
+"""Steps the policy drove right before a person took over are left out of SFT: the takeover says they went wrong
+(the sim's supervisor takes over after 2 periods off course, irevla_ros/sim/supervisor.py). The episode still
+counts as a success and every other step, the person's included, is trained on."""
+
+
+def steps_to_train(intervention: np.ndarray, success: bool = True,
+                   skip_before: int = SKIP_BEFORE_INTERVENTION) -> np.ndarray:
+    """Indices of the steps to imitate: of a successful episode all but the `skip_before` policy steps before each
+    takeover; of a failed one (selected because a person took over, JobConfig.assisted_failures) the person's only."""
+    flags = np.asarray(intervention, dtype=bool)
+    if not success:
+        return np.flatnonzero(flags)
+    keep = np.ones(len(flags), dtype=bool)
+    starts = np.flatnonzero(flags[1:] & ~flags[:-1]) + 1  # a policy step followed by a takeover
+    for start in starts:
+        lo = max(0, start - skip_before)
+        keep[lo:start] &= flags[lo:start]  # never drop the person's own steps
+    return np.flatnonzero(keep)
+
+
 class StepDataset(torch.utils.data.Dataset):
-    """Every step of some episodes; frames stay PNG/JPEG-compressed in memory and are decoded per item."""
+    """The steps of some episodes to imitate (`steps_to_train`); frames stay PNG/JPEG-compressed in memory and are
+    decoded per item."""
 
     def __init__(self, episodes: Sequence[Episode], cameras: Sequence[str], groups: Mapping[str, str] | None = None):
         self.cameras = list(cameras)
@@ -94,8 +116,8 @@ class StepDataset(torch.utils.data.Dataset):
             missing = set(self.cameras) - set(ep.images)
             if missing:
                 raise ValueError(f"episode {ep.info.episode_id} lacks cameras {sorted(missing)}")
-            for s in range(len(ep)):
-                self.items.append((e_idx, s))
+            for s in steps_to_train(ep.intervention, bool(ep.info.success)):
+                self.items.append((e_idx, int(s)))
                 self.group_of.append((groups or {}).get(ep.info.episode_id, EXPERT))
                 self.task_of.append(ep.info.task)
 
