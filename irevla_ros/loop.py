@@ -42,6 +42,15 @@ commands and hold the arm still at every hand-back)."""
 RUN_DISK_GB = 2.0
 """About what one default run writes (round 10, 15 min: 0.8 GB of replay buffer in rl/, 0.4 GB of stage-2 bundles
 in spool/, 0.4 GB of stage-2 results in sft/, 0.15 GB of episodes and models); below it the loop warns first."""
+RUN_DISK_GB_ASSISTED = 3.5
+"""The same per 15 minutes with a simulated person: stage 2 also copies the failed assisted episodes (round 11, c4:
+5.5 GB in 26 minutes: rl/ 1.7, sft/ 1.8, spool/ 1.8)."""
+
+
+def expected_run_gb(config: LoopConfig) -> float:
+    """Disk a run of this length and kind is expected to write (scaled from the measured 15-minute runs)."""
+    per_15_min = RUN_DISK_GB if config.interventions == "off" else RUN_DISK_GB_ASSISTED
+    return per_15_min * max(1.0, config.minutes / 15.0)
 
 
 @dataclass
@@ -780,10 +789,11 @@ class SimLoop:
         torch.set_num_threads(self.config.torch_threads)
         self.root.mkdir(parents=True, exist_ok=True)
         free_gb = shutil.disk_usage(self.root).free / 1e9
-        if free_gb < RUN_DISK_GB:
-            self._say(f"[warning] only {free_gb:.1f} GB free under {self.root}; a default run writes about "
-                      f"{RUN_DISK_GB:.1f} GB (replay buffer in rl/, stage-2 bundles in spool/), and a full disk stops "
-                      "the graph (finished episodes stay on disk; a rerun resumes)")
+        need_gb = expected_run_gb(self.config)
+        if free_gb < need_gb:
+            self._say(f"[warning] only {free_gb:.1f} GB free under {self.root}; a run like this writes about "
+                      f"{need_gb:.1f} GB (replay buffer in rl/, stage-2 bundles in spool/ and sft/), and a full disk "
+                      "stops the graph (finished episodes stay on disk; a rerun resumes)")
         try:
             self.check_stage0_cache()
         except ValueError as exc:

@@ -155,6 +155,17 @@ def test_interventions_reach_sim_world_and_the_mux(tmp_path):
     assert 0.1 < SIM_TELEOP_TIMEOUT_S < 0.2  # just over one 10 Hz period
 
 
+def test_the_disk_warning_scales_with_length_and_takeovers(tmp_path):
+    from irevla_ros.loop import RUN_DISK_GB, LoopConfig, expected_run_gb
+
+    base = expected_run_gb(LoopConfig(run_dir=str(tmp_path)))
+    assert base == RUN_DISK_GB
+    assert expected_run_gb(LoopConfig(run_dir=str(tmp_path), minutes=5)) == base  # short runs: the same floor
+    assert expected_run_gb(LoopConfig(run_dir=str(tmp_path), minutes=30)) == 2 * base
+    assisted = expected_run_gb(LoopConfig(run_dir=str(tmp_path), minutes=26, interventions="corrective"))
+    assert assisted >= 5.5  # what c4 (round 11) wrote
+
+
 def test_the_online_phase_ends_only_once_the_policy_runs_the_announced_weights(tmp_path):
     from irevla_ros.loop import LiveStatus, LoopConfig, SimLoop
 
