@@ -110,7 +110,11 @@ def test_fast_mode_corrective_supervisor_takes_over_through_the_mux(ros, procs):
     from irevla_ros.nodes._common import COMMAND_QOS
 
     world = procs.start(_sim_world_cmd("fast", "-p", "tasks:=['button']", "-p", "seed:=7", "-p", "expert_driver:=true",
-                                       "-p", "expert_mode:=corrective", "-p", "max_wait_s:=0.2"),
+                                       "-p", "expert_mode:=corrective", "-p", "max_wait_s:=0.2",
+                                       # one long takeover reaches and presses the button; with the default 10
+                                       # periods the arm could be back at the box's ceiling, where it no longer
+                                       # moves and so is not judged (CI once saw 3 takeovers and no press)
+                                       "-p", "expert_hold_ticks:=30", "-p", "expert_max_interventions:=0"),
                         name="sim_world_corrective")
     mux = procs.start(["cmd_mux", "--ros-args", "--params-file", str(CONFIG / "sim_fast.yaml"),
                        "-p", "teleop_timeout_s:=0.15"], name="cmd_mux")
@@ -136,8 +140,8 @@ def test_fast_mode_corrective_supervisor_takes_over_through_the_mux(ros, procs):
             "supervisor commands"
         assert teleop, "the supervisor never took over"
         assert any(f.data for f in flags) and any(not f.data for f in flags), "mux did not flag both sources"
-        # It drove in holds of expert_hold_ticks periods, at most expert_max_interventions of them.
-        assert 10 <= len(teleop) <= 3 * 10 + 1, len(teleop)
+        # It held on for the rest of the approach: the press came within the first takeover's 30 periods.
+        assert len(teleop) <= 30, len(teleop)
         # Paced by the policy: sim time advanced about one period per command, not on the supervisor's own.
         t = [_stamp(c) for c in clocks]
         assert t[-1] - t[0] <= 0.1 * (commands + 3) + 1e-6
