@@ -255,7 +255,7 @@ class SimWorldNode(Node):
         self._next_seed += 1
         with self.lock:
             self.episode = randomize(self.world, task, seed)
-            if getattr(self, "supervisor", None) is not None:
+            if self.supervisor is not None:
                 self.supervisor.reset()
         self.instruction_pub.publish(String(data=self.episode.instruction))
         self.task_pub.publish(String(data=self.episode.task))
