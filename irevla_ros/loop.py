@@ -133,6 +133,9 @@ class LoopConfig:
     actor off the demos while the critic was untrained)."""
     bc_coef: float = 1.0
     """Stage 1: behaviour-cloning anchor on the demo rows of each SAC batch."""
+    rl_updates: bool = True
+    """Stage 1 trains the action head. False: the RL node only collects (no gradient update), so the policy
+    changes by stage 2 alone: the control arm for what online RL adds beside the person's corrections."""
     interventions: str = "off"
     """A simulated person on the teleop path (/teleop/action -> cmd_mux, steps flagged as interventions): "off";
     "corrective" (the scripted expert takes over for a few periods when the arm heads astray, as a person with a
@@ -422,6 +425,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stage 1: behaviour-cloning anchor on the demo rows of each SAC batch")
     parser.add_argument("--actor-warmup-updates", type=int, default=defaults.actor_warmup_updates,
                         help="stage 1: critic-only updates before the actor moves")
+    parser.add_argument("--rl-updates", action=argparse.BooleanOptionalAction, default=defaults.rl_updates,
+                        help="stage 1 trains the action head (--no-rl-updates: the RL node only collects, the policy "
+                        "changes by stage 2 alone: a control arm)")
     parser.add_argument("--max-episode-steps", type=int, default=defaults.max_episode_steps)
     parser.add_argument("--interventions", default=defaults.interventions, choices=INTERVENTIONS,
                         help="a simulated person on the teleop path: corrective = the scripted expert takes over "
@@ -459,7 +465,7 @@ def run(ns: argparse.Namespace) -> int:
                             stop_after_iterations=ns.stop_after_iterations,
                             finish_with_stage2=ns.finish_with_stage2, finish_timeout_min=ns.finish_timeout_min,
                             sft_max_val_mse_ratio=ns.sft_max_val_mse_ratio,
-                            interventions=ns.interventions,
+                            interventions=ns.interventions, rl_updates=ns.rl_updates,
                             expert_tasks=tuple(ns.expert_tasks), new_tasks=tuple(ns.new_tasks),
                             preset=ns.preset, pretrain_steps=ns.pretrain_steps,
                             pretrain_layouts=ns.pretrain_layouts, pretrain_scenes=ns.pretrain_scenes)
@@ -663,7 +669,8 @@ class SimLoop:
             "rl_node": {"ros__parameters": {"init_head": str(self.sft0_dir),
                                             "demo_dir": str(self.demo_features_dir),
                                             "actor_warmup_updates": self.config.actor_warmup_updates,
-                                            "bc_coef": self.config.bc_coef}},
+                                            "bc_coef": self.config.bc_coef,
+                                            **({} if self.config.rl_updates else {"utd_ratio": 0.0})}},
             "policy_node": {"ros__parameters": {"max_steps": self.config.max_episode_steps}},
         }
         if self.config.interventions == "corrective":
@@ -859,6 +866,7 @@ class SimLoop:
                          f"{status.episodes} online episodes"
                          + (f" ({status.assisted_episodes} taken over by the simulated person; evaluation: the policy "
                             "alone)" if self.config.interventions != "off" else "")
+                         + ("; no stage-1 updates (--no-rl-updates)" if not self.config.rl_updates else "")
                          + f", stage {status.stage}, iteration {status.iteration}, "
                          f"policy {status.policy_version}; {what}; tensorboard --logdir {self.root}")
         self.console.print(table)

@@ -124,6 +124,11 @@ def test_stage_settings_reach_the_nodes_and_bad_ones_are_refused(tmp_path):
     assert params["packager_node"]["ros__parameters"]["expert_fraction"] == pytest.approx(0.8)
     assert params["rl_node"]["ros__parameters"]["bc_coef"] == pytest.approx(2.5)
     assert params["rl_node"]["ros__parameters"]["actor_warmup_updates"] == 800
+    assert "utd_ratio" not in params["rl_node"]["ros__parameters"]  # the node's own default: stage 1 trains
+    ns = parser.parse_args(["--run-dir", str(tmp_path), "--no-rl-updates"])
+    params = yaml.safe_load(SimLoop(LoopConfig(run_dir=ns.run_dir, rl_updates=ns.rl_updates))
+                            .graph_parameters().read_text())
+    assert params["rl_node"]["ros__parameters"]["utd_ratio"] == 0.0
     for bad in ({"sft2_lr": 0.0}, {"sft2_lr": float("nan")}, {"bc_coef": -1.0}, {"actor_warmup_updates": -5},
                 {"sft2_lr_schedule": "linear"}, {"sft2_max_online_episodes": -1},
                 {"sft2_mode": "qlora"}, {"sft2_expert_fraction": 1.5}, {"sft2_expert_fraction": float("nan")},

@@ -139,6 +139,7 @@ def test_ppo_drops_transitions_from_stale_policy_versions(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("algorithm", "dqn"), ("gamma", 1.5), ("demo_ratio", -0.1),
                                           ("critic_subsample", 5), ("batch_size", 0), ("utd_ratio", math.nan),
+                                          ("utd_ratio", -1.0),
                                           ("feature_dim", 16)])
 def test_bad_parameters_raise_naming_the_value(field, value):
     with pytest.raises(ValueError, match=field if field != "feature_dim" else "feature_tokens"):
@@ -259,6 +260,18 @@ def fill(learner: OnlineLearner, episodes: int, seed: int = 0) -> None:
             t, f = env.step(f, env.expert(), intervention=bool(env.t % 3 == 0))
             learner.add_transition(t)
             learner.train()
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "ppo"])
+def test_utd_ratio_zero_collects_without_ever_updating(tmp_path, algorithm):
+    """The --no-rl-updates control arm: transitions are kept (stage 2 and the counters see them), the head never
+    changes, so what the policy gains comes from stage 2 alone."""
+    learner = OnlineLearner(small_config(tmp_path, algorithm=algorithm, utd_ratio=0.0))
+    before = {k: v.clone() for k, v in learner.algo.actor.state_dict().items()}
+    fill(learner, 12)
+    assert len(learner.online) > learner.config.warmup_transitions
+    assert learner.algo.updates == 0 and learner.updates_due() == 0
+    assert all(torch.equal(v, learner.algo.actor.state_dict()[k]) for k, v in before.items())
 
 
 def test_checkpoint_resume_restores_everything(tmp_path):

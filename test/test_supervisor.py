@@ -26,12 +26,33 @@ def _drive(supervisor: CorrectiveSupervisor, motions, expert=EAST) -> list[bool]
     return out
 
 
-def test_following_the_expert_or_standing_still_never_triggers_a_takeover():
-    sup = CorrectiveSupervisor(SupervisorConfig(patience_ticks=2, hold_ticks=3))
+def test_following_the_expert_or_standing_still_between_episodes_never_triggers_a_takeover():
+    sup = CorrectiveSupervisor(SupervisorConfig(patience_ticks=2, hold_ticks=3, stuck_ticks=3))
     along = [(0.02, 0.005, -0.01)] * 10  # roughly where the expert goes
-    still = [(0.0005, 0.0, 0.0)] * 10  # waiting for a reset / first command: not judged
-    assert not any(_drive(sup, along + still))
+    assert not any(_drive(sup, along))
+    # Homing / waiting for the next episode: nothing is judged, however long the arm stands or wherever it moves.
+    tcp = np.zeros(3)
+    for motion in [(0.0, 0.0, 0.0)] * 10 + [(-0.02, 0.0, 0.0)] * 5:
+        tcp = tcp + np.asarray(motion)
+        assert not sup.tick(tcp, np.r_[EAST, 0, 0, 0, 1.0], live=False)
     assert sup.interventions_total == 0
+
+
+def test_standing_still_while_the_expert_would_move_triggers_a_takeover():
+    still = [(0.0005, 0.0, 0.0)] * 6  # e.g. pressed against the workspace box
+    sup = CorrectiveSupervisor(SupervisorConfig(hold_ticks=2, stuck_ticks=3, max_interventions_per_episode=0))
+    # tick 0: nothing to judge; ticks 1-3 still -> takeover at tick 3, held through tick 4; judged again from 5
+    assert _drive(sup, still) == [False, False, False, True, True, False, False]
+    # The expert at its goal (barely moving) is content with a still arm; stuck_ticks=0 switches the rule off.
+    assert not any(_drive(CorrectiveSupervisor(SupervisorConfig(stuck_ticks=3)), still * 3, expert=0.1 * EAST))
+    assert not any(_drive(CorrectiveSupervisor(SupervisorConfig(stuck_ticks=0)), still * 3))
+
+
+def test_a_takeover_ends_when_the_episode_does():
+    sup = CorrectiveSupervisor(SupervisorConfig(patience_ticks=1, hold_ticks=10))
+    assert _drive(sup, [(-0.02, 0, 0)]) == [False, True]
+    assert not sup.tick(np.zeros(3), np.r_[EAST, 0, 0, 0, 1.0], live=False)  # the arm is homed: hands back
+    assert not sup.tick(np.zeros(3), np.r_[EAST, 0, 0, 0, 1.0])  # live again: a fresh start, nothing to judge yet
 
 
 def test_off_course_motion_triggers_a_takeover_that_holds_then_hands_back():
@@ -62,7 +83,7 @@ def test_budget_per_episode_and_reset():
 
 @pytest.mark.parametrize("bad", [dict(min_cosine=1.5), dict(min_cosine=float("nan")), dict(patience_ticks=0),
                                  dict(hold_ticks=0), dict(max_interventions_per_episode=-1),
-                                 dict(min_expert_speed=-0.1)])
+                                 dict(min_expert_speed=-0.1), dict(stuck_ticks=-1)])
 def test_bad_supervisor_settings_are_refused(bad):
     with pytest.raises(ValueError):
         SupervisorConfig(**bad)

@@ -37,7 +37,7 @@ from std_srvs.srv import Trigger
 from irevla_ros import interfaces as itf
 from irevla_ros.camera.base import Intrinsics
 from irevla_ros.camera.messages import camera_info_msg, image_msg
-from irevla_ros.core.control.franka_controller import RESETTING
+from irevla_ros.core.control.franka_controller import HOLDING, RESETTING, TRACKING
 from irevla_ros.nodes._common import (
     COMMAND_QOS,
     IMAGE_QOS,
@@ -94,6 +94,10 @@ class SimWorldConfig:
     supervisor: the expert takes over for expert_hold_ticks periods after the arm moved astray of where it would
     go for expert_patience_ticks periods in a row; irevla_ros/sim/supervisor.py)."""
     expert_patience_ticks: int = 2
+    expert_stuck_ticks: int = 3
+    """Corrective mode: also take over after this many periods with the arm standing still while the expert would
+    move (pressed against the box or the table; 0 = never). Fast mode only: there the composed franka controller
+    says whether an episode is live, so an arm homing or waiting for the next episode is never judged."""
     expert_hold_ticks: int = 10
     expert_max_interventions: int = 3
     """Corrective mode: takeovers per episode at most (0 = no limit)."""
@@ -133,6 +137,7 @@ class SimWorldConfig:
 
     def supervisor_config(self) -> SupervisorConfig:
         return SupervisorConfig(patience_ticks=self.expert_patience_ticks, hold_ticks=self.expert_hold_ticks,
+                                stuck_ticks=self.expert_stuck_ticks if self.mode == "fast" else 0,
                                 max_interventions_per_episode=self.expert_max_interventions)
 
 
@@ -281,7 +286,9 @@ class SimWorldNode(Node):
             action = expert_action(self.world, self.episode)
             if self.supervisor is not None:
                 before = self.supervisor.interventions_total
-                if not self.supervisor.tick(self.world.tcp_position(), action):
+                # Fast mode: live only while the arm takes commands (not homing, not idle between episodes).
+                live = self.franka is None or self.franka.controller.mode in (TRACKING, HOLDING)
+                if not self.supervisor.tick(self.world.tcp_position(), action, live=live):
                     return
                 if self.supervisor.interventions_total != before:
                     self.get_logger().info(

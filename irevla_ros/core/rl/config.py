@@ -58,7 +58,8 @@ class RLConfig:
     demo_ratio: float = 0.5
     """Share of each batch drawn from the demo buffer (RLPD's symmetric sampling: 0.5)."""
     utd_ratio: float = 4.0
-    """Critic updates per new online transition (update-to-data ratio)."""
+    """Critic updates per new online transition (update-to-data ratio). 0: collect only, never update (a control
+    arm: the head changes by stage 2 alone)."""
     warmup_transitions: int = 256
     """No update before the online buffer holds this many complete transitions."""
     actor_lr: float = 3e-4
@@ -152,7 +153,9 @@ class RLConfig:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if not (math.isfinite(self.demo_ratio) and 0.0 <= self.demo_ratio <= 1.0):
             raise ValueError(f"demo_ratio must be in [0, 1], got {self.demo_ratio!r}")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "ppo_lr", "init_alpha", "utd_ratio", "publish_every_s",
+        if not (math.isfinite(self.utd_ratio) and self.utd_ratio >= 0.0):
+            raise ValueError(f"utd_ratio must be a finite number >= 0 (0 = collect only), got {self.utd_ratio!r}")
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "ppo_lr", "init_alpha", "publish_every_s",
                      "checkpoint_every_s", "tick_period_s", "max_tick_s", "max_grad_norm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0.0):

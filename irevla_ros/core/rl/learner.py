@@ -350,9 +350,9 @@ class OnlineLearner:
 
     # --- training -------------------------------------------------------------------------------------------
     def updates_due(self) -> int:
-        if self.algo is None:
-            return 0
         c = self.config
+        if self.algo is None or c.utd_ratio == 0:  # 0: collect only
+            return 0
         if c.algorithm == "ppo":
             return 1 if len(self.rollout) >= c.ppo_rollout_steps else 0
         if len(self.online) < max(c.warmup_transitions, 1):
