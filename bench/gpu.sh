@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/card.txt"
 "$py" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$out/card.txt"
-timeout 120 "$py" -m pytest -q -p no:cacheprovider --noconftest test/test_model_cuda.py 2>&1 | tee "$out/test_cuda.txt"
+timeout 120 "$py" -m pytest -q -p no:cacheprovider --noconftest test/test_model_cuda.py test/test_rl_cuda.py 2>&1 | tee "$out/test_cuda.txt"
 timeout 140 "$py" bench/policy_tick.py --gpu-only --gpu-iters 30 2>&1 | tee "$out/policy_tick.txt"
 timeout 140 "$py" bench/learner.py --device cuda --preset blip2-2.7b-shape --batch 64 --updates 40 --rounds 1 \
     --threads 1 --skip-memory 2>&1 | tee "$out/learner.txt"

@@ -4,6 +4,7 @@ anchor on demo rows (bc_coef) pulls its deterministic action toward the demonstr
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from irevla_ros.core.model.head import HeadConfig
@@ -77,9 +78,12 @@ def test_the_anchor_ignores_online_rows(tmp_path):
 
     b = batch_to_torch(batch, learner.device)
     with torch.no_grad():
-        assert float(learner._bc_loss(normalize_tokens(b["features"]), None, b)) == 0.0
+        mean, _ = learner.actor_distribution(normalize_tokens(b["features"]), None)
+        assert float(learner._bc_loss(mean, b)) == 0.0
         b["intervention"][:4] = 1.0
-        assert float(learner._bc_loss(normalize_tokens(b["features"]), None, b)) > 0.0
+        only_demo_rows = ((torch.tanh(mean[:4]) - b["action"][:4]) ** 2).mean()
+        assert float(learner._bc_loss(mean, b)) == pytest.approx(float(only_demo_rows), rel=1e-6)
+        assert float(only_demo_rows) > 0.0
 
 
 def _log_std_after_entropy_pressure(max_log_std: float, tmp_path) -> float:

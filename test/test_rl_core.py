@@ -274,6 +274,25 @@ def test_utd_ratio_zero_collects_without_ever_updating(tmp_path, algorithm):
     assert all(torch.equal(v, learner.algo.actor.state_dict()[k]) for k, v in before.items())
 
 
+def test_prefetched_batches_train_exactly_as_sequential_ones(tmp_path):
+    """The CUDA path samples the next batch in a worker thread while the current update runs (Prefetcher): the
+    batches and their order must be the ones the sequential loop draws. Run here on the CPU by giving a learner
+    the prefetcher the CUDA path builds (unpinned); test_rl_cuda.py runs the real thing on a GPU."""
+    from irevla_ros.core.rl.sac import Prefetcher, stage_batch
+
+    sequential = OnlineLearner(small_config(tmp_path / "seq"))  # each learner seeds torch as it starts
+    fill(sequential, 12)
+    prefetched = OnlineLearner(small_config(tmp_path / "pre"))
+    prefetched._prefetcher = Prefetcher(lambda: stage_batch(prefetched.sample_batch(32)))
+    fill(prefetched, 12)
+    assert prefetched.algo.updates == sequential.algo.updates > 0
+    assert prefetched._prefetcher._pending is None  # drained: nothing reads the buffers between train() calls
+    for k, v in sequential.algo.actor.state_dict().items():
+        torch.testing.assert_close(prefetched.algo.actor.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    prefetched.close(checkpoint=False)
+    assert prefetched._prefetcher is None
+
+
 def test_checkpoint_resume_restores_everything(tmp_path):
     cfg = small_config(tmp_path)
     learner = OnlineLearner(cfg)

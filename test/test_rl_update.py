@@ -81,7 +81,7 @@ def test_fast_update_matches_plain_module_calls(proprio_dim, pooling, actor_ever
         want = reference_sac_update(plain, batch)
         assert torch.equal(after_fast, torch.get_rng_state())  # the same random draws, in the same order
         for key, value in want.items():
-            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (i, key)
+            assert float(got[key]) == pytest.approx(value, rel=1e-4, abs=1e-5), (i, key)
     for name in ("actor", "critic", "critic_target"):
         a, b = getattr(fast, name).state_dict(), getattr(plain, name).state_dict()
         for k in a:

@@ -36,7 +36,7 @@ from irevla_ros.core.rl.config import RLConfig
 from irevla_ros.core.rl.demos import demo_features_dir, load_demo_episodes, read_features_marker
 from irevla_ros.core.rl.ppo import PPOLearner, Rollout
 from irevla_ros.core.rl.replay import FLAG_DONE, Batch, ReplayBuffer, ReplayError, bytes_per_transition
-from irevla_ros.core.rl.sac import SACLearner
+from irevla_ros.core.rl.sac import Prefetcher, SACLearner, stage_batch
 from irevla_ros.core.rl.weights import encode_head_weights, load_head_file
 
 MAX_PENDING_EPISODES = 1000
@@ -122,6 +122,7 @@ class OnlineLearner:
         self._updates_timed = 0
         self._last_stats: dict[str, float] = {}
         self.writer = None
+        self._prefetcher: Prefetcher | None = None
 
         self._folder = self._model_folder()
         if config.resume:
@@ -171,8 +172,13 @@ class OnlineLearner:
                                    self.proprio_dim, fresh=fresh)
         self.demo = ReplayBuffer(self.root / "buffers" / "demo", demo_cap, self.feature_shape, self.proprio_dim,
                                  fresh=fresh)
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
         if c.algorithm == "sac":
             self.algo = SACLearner(self.head_config, c, self.device)
+            if c.prefetch_batches and self.device.type == "cuda":
+                self._prefetcher = Prefetcher(lambda: stage_batch(self.sample_batch(c.batch_size), pin=True))
         else:
             self.algo = PPOLearner(self.head_config, c, self.device, seed=c.seed)
         if c.tensorboard and self.writer is None:
@@ -369,7 +375,8 @@ class OnlineLearner:
         return Batch.concat(parts)
 
     def train(self, max_seconds: float = math.inf, max_updates: int | None = None) -> int:
-        """Run the updates that are due, within a time budget. Returns the number of gradient updates done."""
+        """Run the updates that are due, within a time budget. Returns the number of gradient updates done.
+        SAC on CUDA (`prefetch_batches`): the next batch is sampled and pinned while the GPU runs this one."""
         start = time.perf_counter()
         done = 0
         while self.algo is not None and (max_updates is None or done < max_updates):
@@ -380,6 +387,9 @@ class OnlineLearner:
             before = self.algo.updates
             if self.config.algorithm == "ppo":
                 stats = self._ppo_iteration()
+            elif self._prefetcher is not None:
+                more = due > 1 and (max_updates is None or done + 1 < max_updates)
+                stats = self.algo.update(self._prefetcher.next(more))
             else:
                 stats = self.algo.update(self.sample_batch(self.config.batch_size))
             n = self.algo.updates - before
@@ -395,6 +405,8 @@ class OnlineLearner:
                 stats["charts/rejected"] = sum(self.rejected.values())
                 self._scalars(stats, self.algo.updates)
                 self._update_time, self._updates_timed = 0.0, 0
+        if self._prefetcher is not None:
+            self._prefetcher.drain()  # the caller adds to the buffers next: no fetch may still be reading them
         return done
 
     def _ppo_iteration(self) -> dict[str, float]:
@@ -636,6 +648,9 @@ class OnlineLearner:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:

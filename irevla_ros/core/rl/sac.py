@@ -9,13 +9,18 @@ Speed without changing the update (a test compares it with the plain module call
 once per batch and shared by actor, critics and target critics (`networks.normalize_tokens`); the actor's sample on
 the batch is drawn before the critic step (the actor does not change there; the random draws keep their order);
 the actor's loss reads the critic's embedding without a graph and differentiates only the action's path, and
-`torch.autograd.grad` computes only the actor's gradients (no critic weight gradients to compute or discard).
+`torch.autograd.grad` computes only the actor's gradients (no critic weight gradients to compute or discard); the
+behaviour-cloning term reuses the actor's mean from that sample, masked to the demo rows. On a GPU nothing in
+`update` waits for the device (statistics stay tensors until they are logged), so the host can queue the next
+batch's copy and kernels while the current ones run; `stage_batch(pin=True)` + `Prefetcher` supply that batch.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,11 +33,49 @@ from irevla_ros.core.rl.replay import Batch
 from irevla_ros.core.rl.weights import head_state_to_numpy
 
 
-def batch_to_torch(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+def stage_batch(batch: Batch, pin: bool = False) -> dict[str, torch.Tensor]:
+    """The batch as CPU tensors. Pinned ones let the copy to the GPU run asynchronously: a copy from pageable memory
+    first waits for everything already queued on the GPU."""
+    out = {}
+    for k in Batch.__dataclass_fields__:
+        t = torch.from_numpy(np.ascontiguousarray(getattr(batch, k)))
+        out[k] = t.pin_memory() if pin else t
+    return out
+
+
+def batch_to_torch(batch: Batch | dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     # Move first, widen on the device: fp16 features cross the bus at half the bytes and the float32 conversion
     # runs on the GPU (converting on the CPU first was half of a BLIP-2-shape update on an H200).
-    return {k: torch.from_numpy(np.ascontiguousarray(getattr(batch, k))).to(device).float()
-            for k in Batch.__dataclass_fields__}
+    staged = batch if isinstance(batch, dict) else stage_batch(batch)
+    return {k: t.to(device, non_blocking=True).float() for k, t in staged.items()}
+
+
+class Prefetcher:
+    """Runs `sample()` for the next batch in one worker thread while the caller's update runs on the GPU.
+
+    `next(more)` returns a batch (the prefetched one if any) and, with `more`, starts fetching the one after;
+    `drain()` waits for a fetch in flight, so nothing reads the replay buffers once the caller moves on."""
+
+    def __init__(self, sample: Callable[[], dict[str, torch.Tensor]]):
+        self._sample = sample
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rl-prefetch")
+        self._pending: Future | None = None
+
+    def next(self, more: bool) -> dict[str, torch.Tensor]:
+        pending, self._pending = self._pending, None
+        batch = pending.result() if pending is not None else self._sample()
+        if more:
+            self._pending = self._pool.submit(self._sample)
+        return batch
+
+    def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.drain()
+        self._pool.shutdown(wait=True)
 
 
 class SACLearner:
@@ -42,6 +85,8 @@ class SACLearner:
         self.config = config
         self.head_config = head_config
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
         self.actor = ActionHead(head_config).to(self.device)
         self.critic = CriticEnsemble(head_config, config.num_critics, config.critic_pooling).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -73,11 +118,17 @@ class SACLearner:
 
     def sample_action(self, xhat: torch.Tensor, proprio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`self.actor.sample` (action, log_prob) given normalised features: the same reparameterised draw."""
+        action, log_prob, _ = self._sample_with_mean(xhat, proprio)
+        return action, log_prob
+
+    def _sample_with_mean(self, xhat: torch.Tensor, proprio: torch.Tensor | None):
         mean, log_std = self.actor_distribution(xhat, proprio)
         pre = mean + log_std.exp() * torch.randn_like(mean)
-        return torch.tanh(pre), ActionHead._log_prob(pre, mean, log_std)
+        return torch.tanh(pre), ActionHead._log_prob(pre, mean, log_std), mean
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One update. `batch`: numpy (`replay.Batch`) or `stage_batch`'s tensors. The statistics are 0-d tensors
+        (reading one waits for the GPU: log them every few updates, not every one)."""
         cfg = self.config
         b = batch_to_torch(batch, self.device)
         proprio = b["proprio"] if self.head_config.proprio_dim else None
@@ -95,14 +146,14 @@ class SACLearner:
             target_q = target_q[subset].min(0).values - alpha * next_log_prob
             y = b["reward"] + cfg.gamma * (1.0 - b["terminal"]) * target_q
         if actor_step:  # the actor is not changed by the critic step: its sample can be drawn now
-            action, log_prob = self.sample_action(xhat, proprio)
+            action, log_prob, mean = self._sample_with_mean(xhat, proprio)
         q = self.critic.q_values(self.critic.encoder.from_normalized(xhat, proprio), b["action"])
         critic_loss = ((q - y) ** 2).mean(1).sum()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        stats = {"losses/critic": critic_loss.item(), "charts/q_mean": q.mean().item(),
-                 "charts/target_q": float(y.mean())}
+        stats = {"losses/critic": critic_loss.detach(), "charts/q_mean": q.detach().mean(),
+                 "charts/target_q": y.mean()}
 
         if actor_step:
             # Actor: maximise mean ensemble Q (of the updated critic) + entropy; only the actor's gradients.
@@ -111,7 +162,7 @@ class SACLearner:
             q_pi = self.critic.q_for_actions(embedding, action).mean(0)
             actor_loss = (alpha * log_prob - q_pi).mean()
             if cfg.bc_coef > 0:
-                actor_loss = actor_loss + cfg.bc_coef * self._bc_loss(xhat, proprio, b)
+                actor_loss = actor_loss + cfg.bc_coef * self._bc_loss(mean, b)
             params = self._actor_params
             grads = torch.autograd.grad(actor_loss, params)
             for p, g in zip(params, grads, strict=True):
@@ -122,22 +173,21 @@ class SACLearner:
             self.alpha_optimizer.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_optimizer.step()
-            stats.update({"losses/actor": actor_loss.item(), "losses/alpha": alpha_loss.item(),
-                          "charts/entropy": -log_prob.mean().item(), "charts/alpha": self.alpha})
+            stats.update({"losses/actor": actor_loss.detach(), "losses/alpha": alpha_loss.detach(),
+                          "charts/entropy": -log_prob.detach().mean(), "charts/alpha": self.log_alpha.detach().exp()})
 
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.updates += 1
         return stats
 
-    def _bc_loss(self, xhat: torch.Tensor, proprio: torch.Tensor | None, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Squared error of the deterministic action to the demonstrated one on the batch's demo/intervention rows
-        (TD3+BC-style anchor: keeps the SFT'd actor near the demos while the critic is still rough)."""
-        rows = b["intervention"] > 0.5
-        if not bool(rows.any()):
-            return torch.zeros((), device=self.device)
-        mean, _ = self.actor_distribution(xhat[rows], proprio[rows] if proprio is not None else None)
-        return ((torch.tanh(mean) - b["action"][rows]) ** 2).mean()
+    def _bc_loss(self, mean: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Squared error of the deterministic action (tanh of the actor's `mean` on the batch) to the demonstrated
+        one, averaged over the batch's demo/intervention rows, 0 without any (TD3+BC-style anchor: keeps the SFT'd
+        actor near the demos while the critic is still rough). Masked, not indexed: no wait for the GPU."""
+        rows = (b["intervention"] > 0.5).to(mean.dtype)
+        per_row = ((torch.tanh(mean) - b["action"]) ** 2).mean(1)
+        return (per_row * rows).sum() / rows.sum().clamp(min=1.0)
 
     # --- actor <-> policy -----------------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
