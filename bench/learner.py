@@ -79,8 +79,8 @@ def throughput(args) -> None:
 
     from irevla_ros.core.model.vla import VLAModel
     from irevla_ros.core.rl import RLConfig, SACLearner
-    from irevla_ros.core.rl.replay import Batch, ReplayBuffer
-    from irevla_ros.core.rl.sac import Prefetcher, stage_batch
+    from irevla_ros.core.rl.replay import Batch, ReplayBuffer, gather_batch
+    from irevla_ros.core.rl.sac import Prefetcher, pinned_empty, stage_batch
 
     sys.path.insert(0, str(REPO / "test"))
     from rl_tasks import reference_sac_update  # the same update written with plain module calls (first round)
@@ -138,7 +138,9 @@ def throughput(args) -> None:
                                  intervention=b.intervention))
 
         cuda = device.type == "cuda"
-        prefetcher = Prefetcher(lambda: stage_batch(buf.sample(args.batch, sample_rng), pin=cuda))
+        # What OnlineLearner does on CUDA: indices, rows gathered straight into pinned memory, in a worker thread.
+        prefetcher = Prefetcher(lambda: stage_batch(gather_batch([(buf, buf.sample_indices(args.batch, sample_rng))],
+                                                                 pinned_empty if cuda else None), pin=cuda))
 
         def tf32(on: bool, fn):
             def run():

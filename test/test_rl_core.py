@@ -274,6 +274,33 @@ def test_utd_ratio_zero_collects_without_ever_updating(tmp_path, algorithm):
     assert all(torch.equal(v, learner.algo.actor.state_dict()[k]) for k, v in before.items())
 
 
+def test_large_gathers_split_over_threads_copy_exactly_the_rows_asked(tmp_path, monkeypatch):
+    from irevla_ros.core.rl import replay
+    from irevla_ros.core.rl.replay import Batch
+
+    rng = np.random.default_rng(0)
+    source = rng.standard_normal((300, 4, 8)).astype(np.float16)
+    idx = np.sort(rng.integers(0, 300, 97))
+    one_thread = np.empty((97, 4, 8), np.float16)
+    replay.gather_rows(source, idx, one_thread)
+    monkeypatch.setattr(replay, "PARALLEL_GATHER_BYTES", 1)
+    monkeypatch.setattr(replay, "GATHER_THREADS", 4)
+    threaded = np.full((97, 4, 8), np.nan, np.float16)
+    replay.gather_rows(source, idx, threaded)
+    assert np.array_equal(one_thread, source[idx]) and np.array_equal(threaded, source[idx])
+
+    # A learner's batch (demo rows, then online rows) is each buffer's own gather, in that order.
+    learner = OnlineLearner(small_config(tmp_path))
+    fill(learner, 6)
+    demo_idx, online_idx = learner.demo.sample_indices(5, rng), learner.online.sample_indices(7, rng)
+    both = replay.gather_batch([(learner.demo, demo_idx), (learner.online, online_idx)])
+    want = Batch.concat([learner.demo.gather(demo_idx), learner.online.gather(online_idx)])
+    for k in Batch.__dataclass_fields__:
+        assert np.array_equal(getattr(both, k), getattr(want, k)), k
+    assert both.intervention[:5].all()  # demo rows are flagged as interventions
+    learner.close(checkpoint=False)
+
+
 def test_prefetched_batches_train_exactly_as_sequential_ones(tmp_path):
     """The CUDA path samples the next batch in a worker thread while the current update runs (Prefetcher): the
     batches and their order must be the ones the sequential loop draws. Run here on the CPU by giving a learner

@@ -35,8 +35,16 @@ from irevla_ros.core.rl.checkpoint import CheckpointError, CheckpointStore
 from irevla_ros.core.rl.config import RLConfig
 from irevla_ros.core.rl.demos import demo_features_dir, load_demo_episodes, read_features_marker
 from irevla_ros.core.rl.ppo import PPOLearner, Rollout
-from irevla_ros.core.rl.replay import FLAG_DONE, Batch, ReplayBuffer, ReplayError, bytes_per_transition
-from irevla_ros.core.rl.sac import Prefetcher, SACLearner, stage_batch
+from irevla_ros.core.rl.replay import (
+    FLAG_DONE,
+    Allocator,
+    Batch,
+    ReplayBuffer,
+    ReplayError,
+    bytes_per_transition,
+    gather_batch,
+)
+from irevla_ros.core.rl.sac import Prefetcher, SACLearner, pinned_empty, stage_batch
 from irevla_ros.core.rl.weights import encode_head_weights, load_head_file
 
 MAX_PENDING_EPISODES = 1000
@@ -178,7 +186,8 @@ class OnlineLearner:
         if c.algorithm == "sac":
             self.algo = SACLearner(self.head_config, c, self.device)
             if c.prefetch_batches and self.device.type == "cuda":
-                self._prefetcher = Prefetcher(lambda: stage_batch(self.sample_batch(c.batch_size), pin=True))
+                self._prefetcher = Prefetcher(lambda: stage_batch(self.sample_batch(c.batch_size, pinned_empty),
+                                                                  pin=True))
         else:
             self.algo = PPOLearner(self.head_config, c, self.device, seed=c.seed)
         if c.tensorboard and self.writer is None:
@@ -366,13 +375,15 @@ class OnlineLearner:
         target = int(c.utd_ratio * max(0, self.counters["online_transitions"] - c.warmup_transitions))
         return max(0, target - self.algo.updates)
 
-    def sample_batch(self, batch_size: int) -> Batch:
-        """RLPD's symmetric sampling: `demo_ratio` of the batch from the demo buffer, the rest online."""
+    def sample_batch(self, batch_size: int, alloc: Allocator | None = None) -> Batch:
+        """RLPD's symmetric sampling: `demo_ratio` of the batch from the demo buffer, the rest online. `alloc`:
+        where the batch's arrays live (pinned memory for the GPU)."""
         n_demo = int(round(batch_size * self.config.demo_ratio)) if len(self.demo) else 0
         if not len(self.online):
             n_demo = batch_size
-        parts = [self.demo.sample(n_demo, self.rng), self.online.sample(batch_size - n_demo, self.rng)]
-        return Batch.concat(parts)
+        demo_idx = self.demo.sample_indices(n_demo, self.rng)
+        online_idx = self.online.sample_indices(batch_size - n_demo, self.rng)
+        return gather_batch([(self.demo, demo_idx), (self.online, online_idx)], alloc)
 
     def train(self, max_seconds: float = math.inf, max_updates: int | None = None) -> int:
         """Run the updates that are due, within a time budget. Returns the number of gradient updates done.

@@ -33,13 +33,18 @@ from irevla_ros.core.rl.replay import Batch
 from irevla_ros.core.rl.weights import head_state_to_numpy
 
 
+def pinned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A numpy array in page-locked memory (`replay.gather_batch`'s allocator for a GPU learner)."""
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
+
+
 def stage_batch(batch: Batch, pin: bool = False) -> dict[str, torch.Tensor]:
     """The batch as CPU tensors. Pinned ones let the copy to the GPU run asynchronously: a copy from pageable memory
-    first waits for everything already queued on the GPU."""
+    first waits for everything already queued on the GPU. Arrays already in pinned memory are not copied again."""
     out = {}
     for k in Batch.__dataclass_fields__:
         t = torch.from_numpy(np.ascontiguousarray(getattr(batch, k)))
-        out[k] = t.pin_memory() if pin else t
+        out[k] = t.pin_memory() if pin and not t.is_pinned() else t
     return out
 
 
