@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA 
 
 
 def _train(tmp_path, prefetch: bool) -> OnlineLearner:
-    learner = OnlineLearner(small_config(tmp_path, device="cuda", prefetch_batches=prefetch, allow_tf32=False))
+    learner = OnlineLearner(small_config(tmp_path, device="cuda", prefetch_batches=prefetch))
     env = Reach(0)
     for _ in range(12):
         f = env.reset()

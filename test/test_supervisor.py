@@ -121,6 +121,26 @@ def test_supervisor_rescues_a_policy_that_heads_away_in_the_cell():
             assert done
 
 
+def test_supervisor_rescues_a_policy_that_stands_still_in_the_cell():
+    """An arm that does not move (a hesitating policy, or one pressing into the box) gives no motion to judge:
+    only the stuck rule takes over. Real MuJoCo physics, no cameras."""
+    still = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    with SimEnv("button", seed=300, cameras=()) as env:
+        for seed in (300, 301):
+            for stuck_ticks in (0, 3):
+                env.reset(seed=seed)
+                sup = CorrectiveSupervisor(SupervisorConfig(stuck_ticks=stuck_ticks))
+                done = False
+                for _ in range(env.max_steps):
+                    expert = expert_action(env)
+                    _, done, _ = env.step(np.clip(expert if sup.tick(env.world.tcp_position(), expert) else still,
+                                                  -1, 1))
+                    if done:
+                        break
+                assert done == (stuck_ticks > 0), f"seed {seed}, stuck_ticks={stuck_ticks}"
+                assert (sup.interventions > 0) == (stuck_ticks > 0)
+
+
 def test_stage2_skips_the_policy_steps_just_before_a_takeover():
     flags = np.zeros(20, dtype=bool)
     flags[8:12] = True  # a takeover at step 8

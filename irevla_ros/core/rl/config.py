@@ -38,8 +38,6 @@ class RLConfig:
     """CUDA only: sample the next batch and copy it into pinned memory in a worker thread while the GPU runs the
     current update, and send it with an asynchronous copy (bench/learner.py measures it; on CPU the node shares
     its cores with the sim and the policy, so it stays off there)."""
-    allow_tf32: bool = True
-    """CUDA only: the head's and critics' float32 matmuls in TF32 (Ampere and later; process-wide)."""
 
     # --- head (must match the policy node's head) -----------------------------------------------------------
     feature_tokens: int = 0

@@ -90,8 +90,6 @@ class SACLearner:
         self.config = config
         self.head_config = head_config
         self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
         self.actor = ActionHead(head_config).to(self.device)
         self.critic = CriticEnsemble(head_config, config.num_critics, config.critic_pooling).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
