@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from conftest import VENV_BIN, wait_for
 from irevla_ros.core.data.codec import Transition
 from irevla_ros.core.data.episodes import STATUS_INCOMPLETE, EpisodeStore, EpisodeWriter, _decode_records
 from irevla_ros.core.data.packager import Packager, PackagerConfig
-from irevla_ros.core.data.spool import Spool
+from irevla_ros.core.data.spool import Spool, SpoolError
 from irevla_ros.core.iteration import Iteration
 from irevla_ros.core.sft.synthetic import record_synthetic, target_action
 
@@ -271,6 +272,48 @@ def test_bad_parameters_are_rejected():
         PackagerConfig(expert_fraction=1.5)
 
 
+def test_only_the_newest_finished_jobs_stay_on_disk_and_the_running_model_always(tmp_path):
+    experts = tmp_path / "experts"
+    record_synthetic(EpisodeWriter(experts), episodes=3, steps=3, seed=5)
+    cfg = PackagerConfig(run_dir=str(tmp_path / "run"), key_file=str(_key_file(tmp_path)),
+                         expert_dataset_dirs=str(experts), verify_result=False, val_fraction=0.3, keep_sft_jobs=1,
+                         retry_s=0.01)
+    announced = []
+    packager = Packager(cfg, announce=announced.append)
+    sft, spool = tmp_path / "run" / "sft", tmp_path / "run" / "spool"
+    finished = []
+    for n in range(4):  # stage 0, then three stage-2 jobs; the second stage-2 result is refused
+        if n:
+            assert packager.trigger()[0]
+        packager.poll()
+        finished.append(packager.iteration.state.job_id)
+        _fake_result(tmp_path / f"r{n}", packager, key=KEY, mse_before=0.2, mse_after=0.5 if n == 2 else 0.1)
+        packager.poll()
+        assert packager.iteration.state.job_id == ""
+        time.sleep(0.05)  # past retry_s after the refused one
+    running = Path(announced[-1]["path"])
+    assert running == sft / "results" / finished[3] / "model" and running.is_dir()
+    assert sorted(p.name for p in (sft / "jobs").iterdir()) == [finished[3]]
+    assert sorted(p.name for p in (sft / "results").iterdir()) == [finished[3]]
+    assert sorted(p.name for p in (spool / "jobs").iterdir()) == [finished[3]]
+    assert sorted(p.name for p in (spool / "done").iterdir()) == [f"{finished[3]}.json"]
+    # The running model outlives its job's turn: a refused newer job does not take it away.
+    time.sleep(0.05)
+    packager.trigger()
+    packager.poll()
+    _fake_result(tmp_path / "r5", packager, key=KEY, mse_before=0.2, mse_after=0.5)
+    packager.poll()
+    assert running.is_dir() and announced[-1]["path"] == str(running)
+    with pytest.raises(ValueError, match="keep_sft_jobs"):
+        PackagerConfig(keep_sft_jobs=-2)
+    spool_api = Spool(cfg.spool, KEY)
+    time.sleep(0.05)
+    packager.trigger()
+    packager.poll()
+    with pytest.raises(SpoolError, match="still open"):
+        spool_api.remove_job(packager.iteration.state.job_id)
+
+
 def test_stage2_job_carries_the_rl_head_and_the_worker_starts_from_it(tmp_path):
     import torch
 
@@ -298,7 +341,9 @@ def test_stage2_job_carries_the_rl_head_and_the_worker_starts_from_it(tmp_path):
     spool = Spool(cfg.spool, KEY)
     lease = spool.claim("w", job_id)
     result = process_job(spool, lease, tmp_path / "work", KEY, {}, heartbeat_s=5.0, progress=False)
-    tuned = VLAModel.from_pretrained(tmp_path / "work" / "results" / f"{job_id}.0" / "model")
+    assert not any((tmp_path / "work" / "results").iterdir())  # published: the worker keeps no second copy
+    spool.fetch_result(job_id, tmp_path / "fetched")
+    tuned = VLAModel.from_pretrained(tmp_path / "fetched" / "model")
     for k, v in tuned.head_state_dict().items():  # one step at lr 1e-9: still the RL head, not the stage-0 one
         assert torch.allclose(v, rl[k], atol=1e-6), k
     assert result["version"] == "2"
@@ -336,3 +381,15 @@ def test_assisted_episodes_reach_stage2_with_only_what_to_imitate(tmp_path):
     assert kept["failed"] == [2, 3, 4]
     off = PackagerConfig(run_dir=str(tmp_path / "run"), assisted_failures=False).job_config()
     assert [i.episode_id for _, i in select_episodes([store], off, stage=2).online] == ["ok"]
+
+
+def test_the_worker_keeps_only_its_most_recently_used_base_models(tmp_path):
+    from irevla_ros.core.sft.worker import prune_model_cache
+
+    models = tmp_path / "work" / "models"
+    for i, name in enumerate(["old", "older", "newest"]):
+        (models / name).mkdir(parents=True)
+        os.utime(models / name, (1000 + i, {"old": 1500, "older": 1000, "newest": 2000}[name]))
+    assert prune_model_cache(tmp_path / "work", 0) == []  # 0: keep all
+    assert prune_model_cache(tmp_path / "work", 2) == ["older"]
+    assert sorted(p.name for p in models.iterdir()) == ["newest", "old"]

@@ -251,6 +251,26 @@ def test_a_new_model_from_sft_starts_a_new_stage(tmp_path):
     assert restarted.base_version == "2" and restarted.version == 1 and len(restarted.online) == 0
 
 
+def test_only_the_newest_previous_stages_stay_on_disk(tmp_path):
+    from irevla_ros.core.model.vla import VLAModel, folder_sha256
+
+    folder = tmp_path / "model"
+    VLAModel.from_preset("tiny", seed=0).save_pretrained(folder)
+    cfg = small_config(tmp_path, init_head=str(folder), feature_tokens=0, feature_dim=0, keep_previous_stages=1)
+    learner = OnlineLearner(cfg)
+    root = Path(cfg.run_dir) / "rl"
+    stamps = []
+    for n in range(3):
+        learner = learner.next_stage(str(folder), str(n + 2), folder_sha256(folder))
+        stamps.append(sorted(p.name for p in root.glob("buffers.stage-*"))[-1])
+    assert sorted(p.name for p in root.glob("buffers.stage-*")) == [stamps[-1]]  # the newest previous stage only
+    assert sorted(p.name for p in root.glob("checkpoints.stage-*")) == [stamps[-1].replace("buffers", "checkpoints")]
+    assert (root / "buffers").is_dir() and (root / "checkpoints").is_dir()  # the running stage is untouched
+    learner.close()
+    with pytest.raises(ValueError, match="keep_previous_stages"):
+        small_config(tmp_path, keep_previous_stages=-2)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------
 def fill(learner: OnlineLearner, episodes: int, seed: int = 0) -> None:
     env = Reach(seed)

@@ -91,6 +91,11 @@ class PackagerConfig:
     """Reject a result whose held-out action MSE exceeds this times the pre-SFT model's (not worse)."""
     max_val_mse: float = 0.0
     """And/or an absolute bound on the held-out action MSE (0 = none)."""
+    keep_sft_jobs: int = 2
+    """Finished SFT jobs kept on disk: the newest this many keep their package (sft/jobs/<id>), their spool copy
+    and their result folder; older ones are deleted as each job finishes, except the result the policy runs
+    (-1 = keep all). Each job copies up to max_online_episodes + the demos: a 26-minute sim run left 17 jobs,
+    3.6 GB. The episodes themselves stay in the episode store."""
 
     def __post_init__(self) -> None:
         if self.episode_source not in SOURCES:
@@ -99,6 +104,8 @@ class PackagerConfig:
             raise ValueError(f"image_format must be png|jpg, got {self.image_format!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality!r}")
+        if int(self.keep_sft_jobs) < -1:
+            raise ValueError(f"keep_sft_jobs must be >= -1 (-1 = all), got {self.keep_sft_jobs!r}")
         for name in ("end_grace_s", "poll_s", "lease_s", "sft_lr", "retry_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
@@ -290,7 +297,10 @@ class Packager:
             if stage is not None and time.monotonic() >= self._retry_at:
                 self._submit(stage)
             elif self.iteration.state.job_id:
-                self._check_result(self.iteration.state.job_id)
+                job_id = self.iteration.state.job_id
+                self._check_result(job_id)
+                if self.iteration.state.job_id != job_id:  # finished (accepted or refused)
+                    self._prune_jobs()
         except (SpoolError, OSError) as exc:
             self.log.warning(f"spool: {exc}")
         self._publish_status()
@@ -392,6 +402,38 @@ class Packager:
         self.log.info(f"SFT result {job_id} verified: version {body['version']} "
                       f"(held-out MSE {m.get('val_mse_before')} -> {m.get('val_mse_after')})")
         self._announce_current()
+
+    def _prune_jobs(self) -> None:
+        """Delete the packages, spool copies and results of all but the newest `keep_sft_jobs` finished jobs."""
+        keep = self.config.keep_sft_jobs
+        if keep < 0:
+            return
+        sft = self.config.run_path / "sft"
+        state = self.iteration.state
+        running = Path(state.model_path).resolve() if state.model_path else None
+        folders = {p.name: p for d in ("results", "jobs") if (sft / d).is_dir() for p in (sft / d).iterdir()}
+
+        def submitted(job_id: str) -> tuple[str, float]:  # new_job_id's UTC second, then the folder's time
+            parts = job_id.split("-")
+            return (parts[1] if len(parts) > 2 else "", folders[job_id].stat().st_mtime)
+
+        finished = [j for j in sorted(folders, key=submitted) if j != state.job_id]
+        removed = 0
+        for job_id in finished[:max(0, len(finished) - keep)]:
+            result = sft / "results" / job_id
+            if running is not None and (running == result.resolve() or result.resolve() in running.parents):
+                continue
+            try:
+                if self.spool.status(job_id) is not None:
+                    self.spool.remove_job(job_id)
+            except (SpoolError, OSError) as exc:
+                self.log.warning(f"could not remove job {job_id} from the spool: {exc}")
+                continue
+            shutil.rmtree(sft / "jobs" / job_id, ignore_errors=True)
+            shutil.rmtree(result, ignore_errors=True)
+            removed += 1
+        if removed:
+            self.log.info(f"removed {removed} finished SFT job(s) (keep_sft_jobs={keep})")
 
     def _check_model(self, job_id: str, body: dict, model_dir: Path) -> None:
         """Every file verified (signature + sha256 already), the folder loads, actions are finite and not worse

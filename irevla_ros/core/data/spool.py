@@ -208,6 +208,17 @@ class Spool:
             raise SignatureError(f"result for {job_id} is signed for job {body.get('job_id')!r}")
         return body
 
+    def remove_job(self, job_id: str) -> None:
+        """Delete a finished job: its package first (so no worker can claim it), then claims and results, the done
+        marker last. Raises SpoolError for a job that is still open."""
+        check_relpath(job_id)
+        if self.status(job_id) is None:
+            raise SpoolError(f"job {job_id} is still open: only finished jobs are removed")
+        for path in (self._p("jobs", job_id), self._p("claims", job_id), self._p("results", job_id)):
+            if self._exists(path):
+                self.fs.rm(path, recursive=True)
+        self.fs.rm(self._p("done", f"{job_id}.json"))
+
     # ---- worker side ---------------------------------------------------------------------------------------
     def lease_state(self, job_id: str) -> tuple[int, float | None]:
         """(latest lease generation or -1, seconds since that lease's last sign of life or None)."""

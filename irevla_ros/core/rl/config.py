@@ -113,6 +113,10 @@ class RLConfig:
     checkpoint_every_updates: int = 0
     """Also checkpoint every N updates (0 = only by time, at episode ends when due, and at shutdown)."""
     keep_checkpoints: int = 3
+    keep_previous_stages: int = 2
+    """A new stage-2 model makes every stored feature stale: the previous stage's buffers and checkpoints are moved
+    aside (rl/*.stage-<ns>), and only the newest this many such stages are kept (-1 = all; a 26-minute sim run left
+    17 of them, 1.7 GB). Episodes themselves live in the packager's store, never here."""
 
     # --- loop and logging -----------------------------------------------------------------------------------
     tick_period_s: float = 0.01
@@ -143,6 +147,8 @@ class RLConfig:
         for name in ints_pos:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if int(self.keep_previous_stages) < -1:
+            raise ValueError(f"keep_previous_stages must be >= -1 (-1 = all), got {self.keep_previous_stages!r}")
         for name in ("feature_tokens", "feature_dim", "proprio_dim", "torch_threads", "warmup_transitions",
                      "checkpoint_every_updates", "ppo_max_policy_lag", "actor_warmup_updates"):
             if int(getattr(self, name)) < 0:

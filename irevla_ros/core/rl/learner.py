@@ -19,6 +19,7 @@ import io
 import json
 import math
 import re
+import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -490,12 +491,25 @@ class OnlineLearner:
         for name in ("checkpoints", "buffers"):
             if (self.root / name).exists():
                 (self.root / name).rename(self.root / f"{name}.stage-{stamp}")
+        self._prune_previous_stages()
         cfg = dataclasses.replace(self.config, init_head=model_dir, resume=False, feature_tokens=0, feature_dim=0,
                                   demo_dir=demo_dir)
         successor = OnlineLearner(cfg, log=self.log, base_version=str(version))
         successor.checkpoint()  # durable at once: a restart resumes the new stage, not the old one
         self.log(f"new stage from model v{version} ({model_dir}); previous run kept in *.stage-{stamp}")
         return successor
+
+    def _prune_previous_stages(self) -> None:
+        keep = self.config.keep_previous_stages
+        if keep < 0:
+            return
+        stamps = sorted({int(p.name.rsplit("-", 1)[1]) for p in self.root.glob("*.stage-*")
+                         if p.name.rsplit("-", 1)[1].isdigit()}, reverse=True)
+        for stamp in stamps[keep:]:
+            for name in ("checkpoints", "buffers"):
+                shutil.rmtree(self.root / f"{name}.stage-{stamp}", ignore_errors=True)
+        if stamps[keep:]:
+            self.log(f"removed {len(stamps[keep:])} older stage(s) from {self.root} (keep_previous_stages={keep})")
 
     def _stage_demo_dir(self, model_dir: str, sha256: str) -> str:
         """The demo features encoded with the new model's backbone (`demo_features_dir(model_dir)`, written by the

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", default=os.environ.get("IREVLA_SFT_KEY", DEFAULT_KEY),
                         help="shared HMAC key file (the packager's key_file; created 0600 if missing)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="local cache for jobs, base models, results")
+    parser.add_argument("--keep-models", type=int, default=2,
+                        help="base models kept in the work dir's cache, most recently used first (0 = all); each "
+                        "stage-2 result is the next job's base model, so without a limit the cache grows by one "
+                        "model per iteration")
     parser.add_argument("--once", action="store_true", help="process at most one job, then exit")
     parser.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0 = no limit)")
     parser.add_argument("--idle-exit-s", type=float, default=0.0,
@@ -117,7 +121,19 @@ def _load_base_model_files(spool: Spool, base: dict, work: Path, key: bytes) -> 
         if spool is None:
             raise
         spool.fetch_model(base["spool_path"], local)
+    os.utime(local)  # most recently used: what --keep-models keeps
     return local
+
+
+def prune_model_cache(work: Path, keep: int) -> list[str]:
+    """Delete all but the `keep` most recently used base models of the work dir (0 = keep all)."""
+    models = work / "models"
+    if keep <= 0 or not models.is_dir():
+        return []
+    cached = sorted((p for p in models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in cached[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return [p.name for p in cached[keep:]]
 
 
 def _load_base_model(spool: Spool, body: dict, work: Path, key: bytes):
@@ -269,6 +285,7 @@ def process_job(spool: Spool, lease: Lease | None, work: Path, key: bytes, overr
              metrics["val_mse_before"] or float("nan"), metrics["val_mse_after"] or float("nan"), metrics["steps"],
              metrics["samples_per_s"])
     shutil.rmtree(job_dir, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)  # published: the spool holds the signed copy (logs included)
     return res_body
 
 
@@ -284,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--heartbeat-s must be shorter than --lease-s")
     if args.torch_threads < 0:
         raise SystemExit("--torch-threads must be >= 0")
+    if args.keep_models < 0:
+        raise SystemExit("--keep-models must be >= 0 (0 = keep all)")
     overrides = _parse_sets(args.set)
     from irevla_ros.core.sft.train import LeaseLost, SFTConfig
 
@@ -324,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
                 spool.fail(lease, str(exc))
         except LeaseLost as exc:
             LOG.warning("%s", exc)
+        if main and (removed := prune_model_cache(work, args.keep_models)):
+            LOG.info("removed %d older base model(s) from the cache (--keep-models %d)", len(removed),
+                     args.keep_models)
         done += 1
         if args.once or (args.max_jobs and done >= args.max_jobs):
             return 0
