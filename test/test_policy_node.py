@@ -202,6 +202,45 @@ def test_policy_node_episodes_hot_reload_and_staleness(procs, ros, tmp_path):
     # 0 missed ticks): a wall-clock bound here failed on CI at 0.285 s on the shared 2-core machine.
 
 
+def test_an_rl_policy_waits_for_its_consumers_so_a_late_one_gets_the_first_episode(procs, ros):
+    """Transitions and episode events are volatile: a packager or learner that subscribes after the first episode
+    began would miss its start. In mode rl the node does not act before both topics have a subscriber."""
+    from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+    from std_srvs.srv import Trigger
+
+    from irevla_ros.nodes._common import COMMAND_QOS, DATA_QOS
+
+    proc = procs.start(["policy_node", "--ros-args", "-p", "mode:=rl", "-p", f"control_hz:={HZ}",
+                        "-p", f"cameras:=[{','.join(CAMERAS)}]", "-p", "max_steps:=500",
+                        "-p", "max_image_age_s:=0.4", "-p", "sim_reset_wait_s:=0.1", "-p", "preset_proprio_dim:=8",
+                        "-p", "wait_for_consumers_s:=300.0"], name="policy_node")
+    commands = []
+    ros.node.create_subscription(Float64MultiArray, itf.ACTION.name, commands.append, COMMAND_QOS)
+
+    def reset(_req, resp):
+        resp.success, resp.message = True, "ok"
+        return resp
+
+    ros.node.create_service(Trigger, itf.RESET.name, reset)
+    world = FakeWorld(ros)
+    try:
+        for pub in (*world.image_pubs.values(), world.pose_pub, world.gripper_pub):
+            ros.wait_for_subscribers(pub, timeout=TIMEOUT)
+        world.running.set()
+        time.sleep(2.0)  # fresh observations for 20 ticks, but nothing would record an episode yet
+        assert not commands and proc.poll() is None, procs.log_of(proc)[-2000:]
+        raw = ros.collect(UInt8MultiArray, itf.TRANSITION.name, DATA_QOS)
+        events = ros.collect(String, itf.EPISODE_EVENT.name, DATA_QOS)
+        wait_for(lambda: len(raw) >= 2 and events, TIMEOUT, what="the first episode, seen by the late consumer")
+        first = json.loads(events[0].data)
+        assert first["event"] == "start" and commands
+        steps = [Transition.from_bytes(bytes(m.data)) for m in raw[:2]]
+        assert [(t.episode_id, t.step) for t in steps] == [(first["episode_id"], 0), (first["episode_id"], 1)]
+        assert "have subscribers" in procs.log_of(proc)
+    finally:
+        world.close()
+
+
 def test_policy_node_drives_the_sim_arm_for_a_full_episode(procs, ros):
     """sim_world in fast mode (sim time, franka controller composed) + policy_node on /clock: the policy's
     commands go through /franka/action, the arm moves, the time limit ends the episode, the policy resets the

@@ -114,6 +114,8 @@ class PolicyNode(Node):
         self.model_durations: list[float] = []  # backbone + head part of each tick that ran the model
         self._last_stale_log = ""
         self._publish_version()
+        self._created = time.monotonic()
+        self._consumers_ready = self.config.mode != "rl" or self.config.wait_for_consumers_s <= 0
         self.timer = self.create_timer(self.config.period_s, self.tick_callback, callback_group=self.control_group)
 
     def _now(self) -> float:
@@ -199,7 +201,24 @@ class PolicyNode(Node):
                                f"{time.perf_counter() - t0:.1f} s, applied at the next tick")
 
     # --- the control tick ---
+    def _wait_for_consumers(self) -> bool:
+        """True once the transitions and episode events have a subscriber each, or the wait is over."""
+        have = (self.transition_pub.get_subscription_count() > 0 and self.episode_pub.get_subscription_count() > 0)
+        waited = time.monotonic() - self._created
+        if have:
+            self.get_logger().info(f"transitions and episode events have subscribers ({waited:.1f} s): acting")
+        elif waited >= self.config.wait_for_consumers_s:
+            self.get_logger().warning(f"no subscriber to {itf.TRANSITION.name} and {itf.EPISODE_EVENT.name} after "
+                                      f"{waited:.0f} s (wait_for_consumers_s): acting anyway, episodes are not "
+                                      "recorded until one subscribes")
+        else:
+            return False
+        self._consumers_ready = True
+        return True
+
     def tick_callback(self) -> None:
+        if not self._consumers_ready and not self._wait_for_consumers():
+            return  # no command yet: the franka node's watchdog holds the arm
         now = self._now()
         w0 = time.perf_counter()
         if self._last_tick is not None and now - self._last_tick > 1.5 * self.config.period_s:

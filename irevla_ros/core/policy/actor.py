@@ -63,6 +63,10 @@ class PolicyConfig:
     num_episodes: int = 0
     """Stop acting after this many episodes (0 = run forever)."""
     reset_timeout_s: float = 60.0
+    wait_for_consumers_s: float = 10.0
+    """Mode rl: before the first episode, wait up to this long (wall clock) for a subscriber to the transitions and
+    one to the episode events (packager, learner). Both topics are volatile: a consumer that matched after the
+    first episode began would miss its start. After the wait the node acts anyway, with a warning. 0 = no wait."""
     sim_reset_wait_s: float = 1.0
     """How long to look for the sim reset service before each reset (absent on the real robot)."""
     transition_images: bool = True
@@ -88,6 +92,8 @@ class PolicyConfig:
             value = getattr(self, name)
             if not (np.isfinite(value) and 0.0 < value <= 3600.0):
                 raise ValueError(f"{name} must be in (0, 3600] s, got {value!r}")
+        if not (np.isfinite(self.wait_for_consumers_s) and 0.0 <= self.wait_for_consumers_s <= 3600.0):
+            raise ValueError(f"wait_for_consumers_s must be in [0, 3600] s, got {self.wait_for_consumers_s!r}")
         if not (np.isfinite(self.sim_reset_wait_s) and 0.0 <= self.sim_reset_wait_s <= 60.0):
             raise ValueError(f"sim_reset_wait_s must be in [0, 60] s, got {self.sim_reset_wait_s!r}")
         if not 1 <= self.max_steps <= 100_000:
