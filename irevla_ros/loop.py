@@ -39,12 +39,13 @@ SIM_TELEOP_TIMEOUT_S = 0.15
 """cmd_mux's teleop priority with a simulated supervisor (sim time): just over one control period, so the policy
 drives again on the period after the supervisor lets go (the real-robot default, 0.5 s, would drop 5 policy
 commands and hold the arm still at every hand-back)."""
-RUN_DISK_GB = 2.0
-"""About what one default run writes (round 10, 15 min: 0.8 GB of replay buffer in rl/, 0.4 GB of stage-2 bundles
-in spool/, 0.4 GB of stage-2 results in sft/, 0.15 GB of episodes and models); below it the loop warns first."""
-RUN_DISK_GB_ASSISTED = 3.5
-"""The same per 15 minutes with a simulated person: stage 2 also copies the failed assisted episodes (round 11, c4:
-5.5 GB in 26 minutes: rl/ 1.7, sft/ 1.8, spool/ 1.8)."""
+RUN_DISK_GB = 1.0
+"""About what a run writes per 15 minutes, with the retention defaults (the packager's keep_sft_jobs, the RL node's
+keep_previous_stages, the worker's --keep-models): round 12's d2, 26 minutes with a simulated person, ended with
+0.9 GB (rl/ 0.22, sft/ 0.24, spool/ 0.26, episodes 0.2); before retention the same run wrote 5.5 GB. Below it the
+loop warns first."""
+RUN_DISK_GB_ASSISTED = 1.0
+"""The same with a simulated person (stage 2 also copies the failed assisted episodes; bounded by retention)."""
 
 
 def expected_run_gb(config: LoopConfig) -> float:

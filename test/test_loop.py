@@ -168,7 +168,7 @@ def test_the_disk_warning_scales_with_length_and_takeovers(tmp_path):
     assert expected_run_gb(LoopConfig(run_dir=str(tmp_path), minutes=5)) == base  # short runs: the same floor
     assert expected_run_gb(LoopConfig(run_dir=str(tmp_path), minutes=30)) == 2 * base
     assisted = expected_run_gb(LoopConfig(run_dir=str(tmp_path), minutes=26, interventions="corrective"))
-    assert assisted >= 5.5  # what c4 (round 11) wrote
+    assert assisted >= 0.9  # what d2 (round 12, retention on) left after 26 minutes
 
 
 def test_the_online_phase_ends_only_once_the_policy_runs_the_announced_weights(tmp_path):
