@@ -43,15 +43,13 @@ RUN_DISK_GB = 1.0
 """About what a run writes per 15 minutes, with the retention defaults (the packager's keep_sft_jobs, the RL node's
 keep_previous_stages, the worker's --keep-models): round 12's d2, 26 minutes with a simulated person, ended with
 0.9 GB (rl/ 0.22, sft/ 0.24, spool/ 0.26, episodes 0.2); before retention the same run wrote 5.5 GB. Below it the
-loop warns first."""
-RUN_DISK_GB_ASSISTED = 1.0
-"""The same with a simulated person (stage 2 also copies the failed assisted episodes; bounded by retention)."""
+loop warns first. With retention a simulated person no longer changes it (its extra stage-2 episodes are pruned
+too)."""
 
 
 def expected_run_gb(config: LoopConfig) -> float:
-    """Disk a run of this length and kind is expected to write (scaled from the measured 15-minute runs)."""
-    per_15_min = RUN_DISK_GB if config.interventions == "off" else RUN_DISK_GB_ASSISTED
-    return per_15_min * max(1.0, config.minutes / 15.0)
+    """Disk a run of this length is expected to write (scaled from the measured runs)."""
+    return RUN_DISK_GB * max(1.0, config.minutes / 15.0)
 
 
 @dataclass
